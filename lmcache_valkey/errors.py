@@ -1,0 +1,60 @@
+"""Exceptions, in three tiers (as asyncpg does):
+
+* ServerReplyError  - the server answered one command with an error reply
+  (-ERR, -WRONGTYPE, -OOM ...). For batch commands this is a per-key result,
+  not an exception: it is reported in ``BatchResult.errors``.
+* ConfigError       - the caller's configuration or input is wrong
+  (a ValueError, so plain ``except ValueError`` catches it too).
+* ValkeyConnectionError / ValkeyTimeoutError / ProtocolError - the connection
+  failed; it is closed and replaced, and the keys it had not finished are
+  reported as failed.
+
+Messages name the server as host:port (or the socket path) and never contain
+passwords or usernames.
+"""
+
+from __future__ import annotations
+
+
+class ValkeyError(Exception):
+    """Base class of every error this package raises."""
+
+
+class ConfigError(ValkeyError, ValueError):
+    """Bad configuration or bad arguments."""
+
+
+class ServerReplyError(ValkeyError):
+    """An error reply from the server (its text starts with the error code)."""
+
+    @property
+    def code(self) -> str:
+        """The error code, e.g. ``WRONGTYPE`` or ``OOM``."""
+        text = str(self)
+        return text.split(" ", 1)[0] if text else ""
+
+
+class AuthenticationError(ServerReplyError):
+    """AUTH was refused (wrong username or password)."""
+
+
+class ValkeyConnectionError(ValkeyError, ConnectionError):
+    """The connection could not be made or broke.
+
+    ``partial`` (when set) holds the per-key results the batch had completed
+    before the failure; keys past that point are reported as failed.
+    """
+
+    partial: object = None
+
+
+class ValkeyTimeoutError(ValkeyConnectionError, TimeoutError):
+    """No progress within the configured timeout."""
+
+
+class ProtocolError(ValkeyConnectionError):
+    """The server sent bytes that are not valid RESP for the command."""
+
+
+class ClientClosedError(ValkeyError, RuntimeError):
+    """The client was closed before or while the batch ran."""
