@@ -1,0 +1,40 @@
+"""lmcache_valkey: the fast path for LLM KV cache in Valkey.
+
+Batched GET/SET/EXISTS of large values that are received straight into the
+caller's buffers (bytearray, numpy, pinned torch tensors, scatter lists) by a
+Cython loop that runs whole batches without the GIL.
+"""
+
+from .client import BatchResult, ValkeyClient
+from .completion import CompletionQueue
+from .config import ClientConfig
+from .embedded import EmbeddedValkey
+from .errors import (
+    AuthenticationError,
+    ClientClosedError,
+    ConfigError,
+    ProtocolError,
+    ServerReplyError,
+    ValkeyConnectionError,
+    ValkeyError,
+    ValkeyTimeoutError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuthenticationError",
+    "BatchResult",
+    "ClientClosedError",
+    "ClientConfig",
+    "CompletionQueue",
+    "ConfigError",
+    "EmbeddedValkey",
+    "ProtocolError",
+    "ServerReplyError",
+    "ValkeyClient",
+    "ValkeyConnectionError",
+    "ValkeyError",
+    "ValkeyTimeoutError",
+    "__version__",
+]

