@@ -384,7 +384,8 @@ cdef class _Engine:
                 self.body_left = h.value
                 self.rstate = RS_DRAIN
             else:
-                op.status = ST_OK
+                # Stays ST_PENDING until the body and its CRLF are in: a
+                # connection lost mid-body must never report success.
                 self.body_left = h.value
                 self.seg_idx = 0
                 self.seg_off = 0
@@ -465,6 +466,8 @@ cdef class _Engine:
                     return self._fail(F_PROTOCOL, b"bulk reply not terminated by CRLF")
                 self.rpos += 2
                 op.result = self.bulk_len
+                if op.status != ST_TOO_LARGE:
+                    op.status = ST_OK
                 self._complete(kind, op)
         return 0
 

@@ -126,7 +126,8 @@ class _Worker:
 
     A broken connection is dropped; the next tile reconnects. Failed connect
     attempts back off exponentially; during a back-off window tiles fail at
-    once instead of piling up behind a dead server.
+    once instead of piling up behind a dead server. A successful connect by
+    any worker of the client ends every worker's back-off: the server is back.
     """
 
     def __init__(self, client: ValkeyClient, index: int) -> None:
@@ -137,6 +138,7 @@ class _Worker:
         self._backoff = 0.0
         self._retry_at = 0.0
         self._last_error: str = ""
+        self._failed_epoch = -1
         self._thread = threading.Thread(
             target=self._loop, name=f"lmcache-valkey-{index}", daemon=True)
         self._thread.start()
@@ -156,7 +158,7 @@ class _Worker:
         if self._conn is not None:
             return self._conn
         now = time.monotonic()
-        if now < self._retry_at:
+        if now < self._retry_at and self._failed_epoch == self._client._connect_epoch:
             raise ValkeyConnectionError(
                 f"{self._config.endpoint}: not connected ({self._last_error}); "
                 f"next attempt in {self._retry_at - now:.2f}s")
@@ -167,8 +169,10 @@ class _Worker:
                                 self._config.reconnect_backoff_max_s)
             self._retry_at = time.monotonic() + self._backoff
             self._last_error = str(e)
+            self._failed_epoch = self._client._connect_epoch
             raise
         self._backoff = 0.0
+        self._client._connect_epoch += 1
         return self._conn
 
     def _drop_connection(self) -> None:
@@ -263,6 +267,7 @@ class ValkeyClient:
                      config.endpoint)
         self.config = config
         self.closed = False
+        self._connect_epoch = 0  # bumped by every successful connect (ends back-offs)
         self._prefix = config.key_prefix
         self._ttl_ms = config.ttl_ms
         self._workers = [_Worker(self, i) for i in range(config.num_connections)]

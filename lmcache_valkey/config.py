@@ -61,7 +61,8 @@ class ClientConfig:
     port: int = DEFAULT_PORT
     unix_path: str | None = None
     db: int = 0
-    username: str | None = None
+    # ACL user names are treated as secrets too: kept out of reprs and messages.
+    username: str | None = dataclasses.field(default=None, repr=False)
     password: Secret | None = None
     key_prefix: bytes = b""
     ttl_s: float | None = None
@@ -141,7 +142,7 @@ class ClientConfig:
             return f"unix://{self.unix_path}" + (f"?db={self.db}" if self.db else "")
         auth = ""
         if self.username or self.password:
-            auth = f"{self.username or ''}{':***' if self.password else ''}@"
+            auth = f"{'***' if self.username else ''}{':***' if self.password else ''}@"
         return f"valkey://{auth}{self.endpoint}/{self.db}"
 
     def with_endpoint(self, host: str | None, port: int, unix_path: str | None = None) -> ClientConfig:

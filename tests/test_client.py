@@ -1,0 +1,231 @@
+"""The client contract against a real Valkey: exact bytes, misses, sizes,
+per-key errors, prefixes, TTLs, buffers of every kind, futures and asyncio."""
+
+from __future__ import annotations
+
+import asyncio
+import selectors
+
+import numpy as np
+import pytest
+
+from lmcache_valkey import BatchResult, CompletionQueue, ConfigError, ValkeyClient
+
+SIZES = [0, 1, 4096, 4 << 20, (7 << 20) + 3]
+
+
+def payload(size: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_round_trip_exact_bytes(client: ValkeyClient, size: int) -> None:
+    value = payload(size, seed=size)
+    assert client.batch_set(["k"], [value]) == [True]
+    dest = np.full(size + 16, 0xAB, dtype=np.uint8)  # room to spare: must stay untouched
+    assert client.batch_get_into(["k"], [dest]) == [size]
+    assert bytes(dest[:size]) == value.tobytes()
+    assert (dest[size:] == 0xAB).all()
+
+
+def test_many_values_in_one_batch_are_each_exact(client: ValkeyClient) -> None:
+    values = [payload(s, seed=i) for i, s in enumerate([3, 70_000, 1 << 20, 0, 5 << 20, 12])]
+    keys = [f"v{i}" for i in range(len(values))]
+    assert client.batch_set(keys, values) == [True] * len(values)
+    dests = [np.zeros(v.size, np.uint8) for v in values]
+    assert client.batch_get_into(keys, dests) == [v.size for v in values]
+    for v, d in zip(values, dests):
+        assert bytes(d) == v.tobytes()
+
+
+def test_miss_is_none(client: ValkeyClient) -> None:
+    client.batch_set(["present"], [b"x"])
+    result = client.batch_get_into(["absent", "present"], [bytearray(4), bytearray(4)])
+    assert result == [None, 1]
+    assert result.errors == {} and result.too_large == {}
+
+
+def test_too_small_destination_is_drained_and_connection_stays_usable(client: ValkeyClient) -> None:
+    big, small = payload(100_000, 1), payload(10, 2)
+    client.batch_set(["big", "small"], [big, small])
+    tiny = bytearray(b"\xee" * 99_999)
+    after = bytearray(10)
+    result = client.batch_get_into(["big", "small"], [tiny, after])
+    assert result == [None, 10]
+    assert result.too_large == {0: 100_000}
+    assert tiny == b"\xee" * 99_999            # nothing written into a buffer that is too small
+    assert bytes(after) == small.tobytes()
+    assert client.batch_get_into(["big"], [np.zeros(100_000, np.uint8)]) == [100_000]
+
+
+def test_wrongtype_key_in_the_middle_of_a_batch(client: ValkeyClient, raw, prefix: str) -> None:
+    client.batch_set(["a", "c"], [b"AAA", b"CCC"])
+    raw.lpush(prefix + "b", "x")
+    dests = [bytearray(3) for _ in range(3)]
+    result = client.batch_get_into(["a", "b", "c"], dests)
+    assert result == [3, None, 3]
+    assert result.errors[1].code == "WRONGTYPE"
+    assert dests[0] == b"AAA" and dests[2] == b"CCC"
+
+
+def test_two_thousand_key_batches(client: ValkeyClient) -> None:
+    keys = [f"many:{i}" for i in range(2000)]
+    values = [i.to_bytes(4, "little") * 64 for i in range(2000)]
+    assert all(client.batch_set(keys, values))
+    dests = [bytearray(256) for _ in keys]
+    assert client.batch_get_into(keys, dests) == [256] * 2000
+    assert dests == values
+    assert client.batch_exists(keys + ["nope"]) == [True] * 2000 + [False]
+    assert client.batch_delete(keys[:1000]) == [1] * 1000
+    assert client.batch_exists(keys[998:1002]) == [False, False, True, True]
+
+
+def test_scatter_list_destinations_and_sources(client: ValkeyClient) -> None:
+    value = payload(3 * 4096 + 17, 5)
+    segments = [value[:4096], value[4096:3 * 4096], value[3 * 4096:]]
+    assert client.batch_set(["s"], [segments]) == [True]
+    dest = [bytearray(100), np.zeros(20_000, np.uint8)]
+    assert client.batch_get_into(["s"], [dest]) == [value.size]
+    assert bytes(dest[0]) + dest[1][: value.size - 100].tobytes() == value.tobytes()
+
+
+@pytest.mark.parametrize("kind", ["bytearray", "memoryview", "numpy"])
+def test_destination_kinds(client: ValkeyClient, kind: str) -> None:
+    client.batch_set(["k"], [b"hello world"])
+    make = {"bytearray": lambda: bytearray(11),
+            "memoryview": lambda: memoryview(bytearray(11)),
+            "numpy": lambda: np.zeros(11, np.uint8)}[kind]
+    dest = make()
+    assert client.batch_get_into(["k"], [dest]) == [11]
+    assert bytes(dest) == b"hello world"
+
+
+def test_read_only_destination_is_refused(client: ValkeyClient) -> None:
+    client.batch_set(["k"], [b"x"])
+    with pytest.raises(TypeError, match="writable"):
+        client.batch_get_into(["k"], [b"immutable"])
+
+
+def test_torch_tensors_pinned_or_not(client: ValkeyClient) -> None:
+    torch = pytest.importorskip("torch")
+    src = torch.randn(1024, 64, dtype=torch.bfloat16)
+    assert client.batch_set(["t"], [src]) == [True]
+    for dest in (torch.empty_like(src), torch.empty(1024, 64, dtype=torch.bfloat16)):
+        assert client.batch_get_into(["t"], [dest]) == [src.numel() * 2]
+        assert torch.equal(dest, src)
+    blocks = [torch.empty(512, 64, dtype=torch.bfloat16) for _ in range(2)]  # paged KV blocks
+    assert client.batch_get_into(["t"], [blocks]) == [src.numel() * 2]
+    assert torch.equal(torch.cat(blocks), src)
+
+
+def test_non_contiguous_tensor_is_refused(client: ValkeyClient) -> None:
+    torch = pytest.importorskip("torch")
+    with pytest.raises(ConfigError, match="contiguous"):
+        client.batch_get_into(["t"], [torch.empty(8, 8).t()])
+
+
+def test_prefix_and_ttl_are_visible_to_another_client(server, make_client, raw, prefix) -> None:
+    c = make_client(server.url, key_prefix=prefix, ttl_s=120)
+    c.batch_set(["a", b"b"], [b"1", b"2"])
+    assert raw.get(prefix + "a") == b"1" and raw.get(prefix + "b") == b"2"
+    assert 110 <= raw.ttl(prefix + "a") <= 120
+    assert 110_000 <= raw.pttl(prefix + "b") <= 120_000
+    assert raw.get("a") is None                      # nothing outside the prefix
+
+
+def test_no_ttl_means_no_expiry(client: ValkeyClient, raw, prefix: str) -> None:
+    client.batch_set(["forever"], [b"x"])
+    assert raw.ttl(prefix + "forever") == -1
+
+
+def test_fractional_ttl_uses_milliseconds(server, make_client, raw, prefix) -> None:
+    c = make_client(server.url, key_prefix=prefix, ttl_s=1.5)
+    c.batch_set(["k"], [b"x"])
+    assert 1000 < raw.pttl(prefix + "k") <= 1500
+
+
+def test_keys_must_be_str_or_bytes(client: ValkeyClient) -> None:
+    with pytest.raises(TypeError, match="key #1"):
+        client.batch_exists(["ok", 3])
+
+
+def test_mismatched_lengths_are_refused(client: ValkeyClient) -> None:
+    with pytest.raises(ConfigError, match="2 keys but 1 buffers"):
+        client.batch_set(["a", "b"], [b"x"])
+
+
+def test_empty_batches(client: ValkeyClient) -> None:
+    assert client.batch_get_into([], []) == []
+    assert client.batch_set([], []) == []
+    assert client.batch_exists([]) == []
+
+
+def test_unix_socket(server, make_client, prefix) -> None:
+    c = make_client(server.unix_url, key_prefix=prefix)
+    value = payload(1 << 20, 9)
+    assert c.batch_set(["u"], [value]) == [True]
+    dest = np.zeros(1 << 20, np.uint8)
+    assert c.batch_get_into(["u"], [dest]) == [1 << 20]
+    assert (dest == value).all()
+
+
+def test_tiled_across_connections_keeps_key_order(server, make_client, prefix) -> None:
+    c = make_client(server.url, key_prefix=prefix, num_connections=4)
+    values = [payload(300_000 + i, i) for i in range(16)]   # large enough to split
+    keys = [f"tile{i}" for i in range(16)]
+    assert c.batch_set(keys, values) == [True] * 16
+    dests = [np.zeros(v.size, np.uint8) for v in values]
+    reversed_keys = keys[::-1]
+    result = c.batch_get_into(reversed_keys, dests[::-1])
+    assert result == [v.size for v in values][::-1]
+    assert all((d == v).all() for d, v in zip(dests, values))
+
+
+def test_futures(client: ValkeyClient) -> None:
+    f1 = client.submit_batch_set(["f1", "f2"], [b"one", b"two"])
+    assert f1.result(timeout=10) == [True, True]
+    f2 = client.submit_batch_get_into(["f1", "f2"], [bytearray(3), bytearray(3)])
+    assert isinstance(f2.result(timeout=10), BatchResult)
+
+
+def test_completion_queue_eventfd_wakes_a_selector(client: ValkeyClient) -> None:
+    q = CompletionQueue()
+    try:
+        sel = selectors.DefaultSelector()
+        sel.register(q.fileno(), selectors.EVENT_READ)
+        futures = [client.submit_batch_exists([f"x{i}"], completion=q, token=i) for i in range(5)]
+        seen: dict[int, object] = {}
+        while len(seen) < 5:
+            assert sel.select(timeout=10), "eventfd never became readable"
+            for fut, token in q.drain():
+                seen[token] = fut.result()
+        assert sorted(seen) == [0, 1, 2, 3, 4]
+        assert all(f.done() for f in futures)
+        sel.close()
+    finally:
+        q.close()
+
+
+def test_asyncio(client: ValkeyClient) -> None:
+    async def main() -> tuple:
+        dests = [bytearray(5) for _ in range(20)]
+        sets = await asyncio.gather(*(client.abatch_set([f"a{i}"], [b"%05d" % i]) for i in range(20)))
+        gets = await asyncio.gather(*(client.abatch_get_into([f"a{i}"], [dests[i]]) for i in range(20)))
+        exists = await client.abatch_exists(["a0", "zz"])
+        deleted = await client.abatch_delete(["a0"])
+        return sets, gets, dests, exists, deleted
+
+    sets, gets, dests, exists, deleted = asyncio.run(main())
+    assert sets == [[True]] * 20 and gets == [[5]] * 20
+    assert dests == [b"%05d" % i for i in range(20)]
+    assert exists == [True, False] and deleted == [1]
+
+
+def test_execute_and_ping(client: ValkeyClient) -> None:
+    assert client.ping()
+    assert "redis_version" in client.execute("INFO", "server").decode()
+
+
+def test_repr_names_the_server_without_secrets(server, make_client) -> None:
+    c = make_client(server.url, key_prefix="p:")
+    assert f"{server.host}:{server.port}" in repr(c) and "p:" in repr(c)
