@@ -1,0 +1,88 @@
+"""The `lmcache-valkey` command (also `python -m lmcache_valkey`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+from .errors import ValkeyError
+
+
+def _size(text: str) -> int:
+    from .bench import parse_size
+
+    try:
+        value = parse_size(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 4MiB, 512KiB)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("size must be >= 0")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lmcache-valkey",
+        description="Fast Valkey store for LLM KV cache.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    bench = sub.add_parser(
+        "bench", help="batch GET/SET/EXISTS throughput (embedded Valkey unless --url)")
+    bench.add_argument("--url", help="server URL (default: $VALKEY_HOST, else an embedded server)")
+    bench.add_argument("--value-size", type=_size, default=4 << 20, help="bytes per value (4MiB)")
+    bench.add_argument("--keys", type=_positive, default=32, help="keys per batch (32)")
+    bench.add_argument("--rounds", type=_positive, default=20, help="measured rounds (20)")
+    bench.add_argument("--num-connections", type=_positive, default=2, help="connections (2)")
+    bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    server = sub.add_parser("server", help="run an embedded valkey-server in the foreground")
+    server.add_argument("--port", type=int, default=6379)
+    server.add_argument("--unix-socket", action="store_true", help="also listen on a unix socket")
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .embedded import EmbeddedValkey
+
+    with EmbeddedValkey(port=args.port, unix_socket=args.unix_socket) as server:
+        print(f"valkey-server listening on {server.url}", flush=True)
+        if args.unix_socket:
+            print(f"and on {server.unix_url}", flush=True)
+        print("Ctrl-C to stop.", flush=True)
+        try:
+            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "bench":
+            from .bench import main as bench_main
+
+            return bench_main(args)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        return _serve(args)
+    except ValkeyError as e:
+        print(f"lmcache-valkey: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
