@@ -35,6 +35,10 @@ cdef class RespConnection(_Engine):
         """True once an I/O or protocol failure made this connection unusable."""
         return self.failure != F_NONE
 
+    def set_timeout(self, double timeout_s):
+        """Longest wait without progress, in seconds (<= 0: wait forever)."""
+        self.timeout_ms = <int>(timeout_s * 1000) if timeout_s > 0 else -1
+
     def abort(self):
         """Wake and fail a batch running in another thread (shutdown, no
         close: the fd stays valid until its owner closes it)."""
@@ -229,3 +233,7 @@ def parse_reply_header(bytes data):
     if st == PARSE_ERROR:
         raise ProtocolError((<bytes>err).decode())
     return (chr(<uint8_t>h.kind), h.value, h.text[:h.text_len], h.consumed)
+
+
+# True when built with LMCACHE_VALKEY_DEBUG=1 (internal checks compiled in).
+DEBUG_BUILD = bool(LMV_DEBUG)

@@ -88,11 +88,12 @@ def open_connection(config: ClientConfig) -> Connection:
         native = RespConnection(
             sock.fileno(),
             config.endpoint,
-            timeout_s=config.op_timeout_s,
+            timeout_s=config.connect_timeout_s,  # the handshake is part of connecting
             max_bulk_len=config.max_bulk_len,
             max_inflight_bytes=config.max_inflight_bytes,
         )
         _handshake(native, config)
+        native.set_timeout(config.op_timeout_s)
     except BaseException:
         sock.close()
         raise

@@ -97,3 +97,21 @@ def test_close_with_batches_in_flight(make_server, make_client) -> None:
     assert outcomes["closed"] > 0
     with pytest.raises(ClientClosedError):
         c.batch_exists(["k"])
+
+
+@pytest.mark.timeout(30)
+def test_server_that_accepts_but_never_answers_auth_fails_within_connect_timeout(make_client) -> None:
+    # A listening socket that never speaks: a real server can't be made to hang
+    # in its handshake, so a bare loopback listener stands in for one.
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        port = listener.getsockname()[1]
+        c = make_client(f"valkey://127.0.0.1:{port}", password="pw",
+                        connect_timeout_s=0.5, op_timeout_s=60)
+        t0 = time.monotonic()
+        with pytest.raises(ValkeyConnectionError, match=f"127.0.0.1:{port}"):
+            c.batch_exists(["k"])
+        assert time.monotonic() - t0 < 3
