@@ -16,6 +16,7 @@ cdef class _BufferPins:
 
     cdef Py_buffer *views
     cdef Py_ssize_t nviews
+    cdef Py_ssize_t nsegs        # <= nviews: zero-length buffers get no segment
     cdef Py_ssize_t cap
     cdef Op *ops
     cdef Seg *segs
@@ -27,6 +28,7 @@ cdef class _BufferPins:
         self.ops = NULL
         self.segs = NULL
         self.nviews = 0
+        self.nsegs = 0
 
     def __dealloc__(self):
         cdef Py_ssize_t i
@@ -58,9 +60,13 @@ cdef class _BufferPins:
                 f"buffer for key #{index} must be {need} "
                 f"(bytearray, memoryview, numpy array, CPU tensor), "
                 f"not {type(obj).__name__}: {e}") from None
-        self.segs[self.nviews].ptr = <char *>v.buf
-        self.segs[self.nviews].len = <size_t>v.len
         self.nviews += 1
+        # An empty buffer holds no bytes; keeping it out of the segment list
+        # spares the engine's cursor from ever standing on a 0-byte segment.
+        if v.len > 0:
+            self.segs[self.nsegs].ptr = <char *>v.buf
+            self.segs[self.nsegs].len = <size_t>v.len
+            self.nsegs += 1
         return 0
 
 
@@ -95,14 +101,14 @@ cdef _BufferPins pin_batch(list keys, list buffers, bint writable):
         op.klen = <size_t>PyBytes_GET_SIZE(k)
         if buffers is None:
             continue
-        op.segs = &pins.segs[pins.nviews]
+        op.segs = &pins.segs[pins.nsegs]
         b = buffers[i]
         if type(b) is list or type(b) is tuple:
             for seg in <object>b:
                 pins._pin(seg, writable, i)
         else:
             pins._pin(b, writable, i)
-        op.nsegs = <int>(&pins.segs[pins.nviews] - op.segs)
+        op.nsegs = <int>(&pins.segs[pins.nsegs] - op.segs)
         cap = 0
         for j in range(op.nsegs):
             cap += op.segs[j].len

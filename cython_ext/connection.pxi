@@ -90,8 +90,8 @@ cdef class RespConnection(_Engine):
                 if op.status == ST_SERVER_ERROR:
                     errors[i] = ServerReplyError(
                         (self.errs.data + op.err_off)[:op.err_len].decode("utf-8", "replace"))
-                elif op.status == ST_TOO_LARGE:
-                    too_large[i] = op.result
+                elif op.status == ST_TOO_LARGE and i < self.next_reply:
+                    too_large[i] = op.result      # only once fully drained
         return values, errors, too_large
 
     cdef tuple _batch(self, int kind, list keys, list buffers, bint writable, int64_t ttl_ms):

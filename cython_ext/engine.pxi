@@ -81,6 +81,7 @@ cdef class _Engine:
     cdef Scratch wbuf
     cdef Scratch errs
     cdef iovec *iov
+    cdef int window_iovs       # iov[0:window_iovs] for sending, then BODY_IOVS + 1 for readv
     cdef int iov_pos
     cdef int iov_count
 
@@ -123,6 +124,7 @@ cdef class _Engine:
         self.max_inflight_bytes = max_inflight_bytes
         self.rcap = rbuf_size
         self.rbuf = <char *>malloc(rbuf_size)
+        self.window_iovs = WINDOW_IOVS
         self.iov = <iovec *>malloc(sizeof(iovec) * (WINDOW_IOVS + BODY_IOVS + 1))
         if self.rbuf == NULL or self.iov == NULL or scratch_reserve(&self.wbuf, WINDOW_SCRATCH) < 0:
             raise MemoryError()
@@ -135,7 +137,10 @@ cdef class _Engine:
         if self.failure == F_NONE:
             self.failure = F_ABORTED if self.aborted else kind
             self.fail_errno = errno if kind == F_IO else 0
-            self.fail_msg = msg
+            if self.aborted:
+                self.fail_msg = b"connection closed by the client"
+            else:
+                self.fail_msg = msg
         return -1
 
     # -- sending -----------------------------------------------------------
@@ -174,7 +179,7 @@ cdef class _Engine:
                     return self._fail(F_NOMEM, b"out of memory encoding commands")
             if self.wbuf.len >= WINDOW_SCRATCH and self.iov_count > 0:
                 break
-            if self.iov_count + op.nsegs + 2 > WINDOW_IOVS and self.iov_count > 0:
+            if self.iov_count + op.nsegs + 2 > self.window_iovs and self.iov_count > 0:
                 break
             if kind == OP_GET:
                 # Bound the reply bytes the server queues for us.
@@ -304,7 +309,7 @@ cdef class _Engine:
     cdef int _recv_body(self, Op *op) noexcept nogil:
         """readv the rest of a body straight into the destination; whatever
         follows it (CRLF, next headers) lands in the receive buffer."""
-        cdef iovec *v = &self.iov[WINDOW_IOVS]   # spare slots after the window
+        cdef iovec *v = &self.iov[self.window_iovs]   # spare slots after the window
         cdef int cnt = 0
         cdef int k = self.seg_idx
         cdef size_t off = self.seg_off
@@ -381,6 +386,7 @@ cdef class _Engine:
             self.bulk_len = h.value
             if <uint64_t>h.value > op.cap:
                 op.status = ST_TOO_LARGE
+                op.result = h.value
                 self.body_left = h.value
                 self.rstate = RS_DRAIN
             else:
@@ -488,6 +494,24 @@ cdef class _Engine:
             if errno != EINTR:
                 return self._fail(F_IO, b"poll failed")
 
+    cdef int _fit_iovs(self, Op *ops, Py_ssize_t n) noexcept nogil:
+        """Grow the iovec array so the op with the most segments fits in one
+        window (a SET's header, segments and trailer are sent together)."""
+        cdef Py_ssize_t i
+        cdef int need = 0
+        cdef iovec *p
+        for i in range(n):
+            if ops[i].nsegs + 2 > need:
+                need = ops[i].nsegs + 2
+        if need <= self.window_iovs:
+            return 0
+        p = <iovec *>realloc(self.iov, sizeof(iovec) * (need + BODY_IOVS + 1))
+        if p == NULL:
+            return self._fail(F_NOMEM, b"out of memory for value segments")
+        self.iov = p
+        self.window_iovs = need
+        return 0
+
     cdef int _run(self, int kind, Op *ops, Py_ssize_t n, int64_t ttl_ms) noexcept nogil:
         """Run one batch to completion. Returns 0, or -1 with `failure` set;
         ops[next_reply:] are then incomplete."""
@@ -495,6 +519,8 @@ cdef class _Engine:
         cdef bint want_out
         cdef int r
         if self.failure != F_NONE:
+            return -1
+        if kind == OP_SET and self._fit_iovs(ops, n) < 0:
             return -1
         self.next_encode = 0
         self.next_reply = 0
