@@ -12,13 +12,16 @@ TORCH  ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 SOURCES := pyproject.toml setup.py MANIFEST.in $(wildcard cython_ext/*) $(wildcard lmcache_valkey/*.py)
 
-.PHONY: bench test install clean
+.PHONY: bench test microbench install clean
 
 bench: $(STAMP)                ## the main job: throughput on an embedded Valkey
 	$(BIN)/lmcache-valkey bench $(ARGS)
 
 test: $(STAMP)                 ## the test suite against real Valkey servers
-	$(BIN)/pytest -m "not slow" $(ARGS)
+	$(BIN)/pytest -m "not slow and not bench" $(ARGS)
+
+microbench: $(STAMP)           ## pytest-benchmark micro-benchmarks (parser, batch path)
+	$(BIN)/pytest -m bench -p no:randomly $(ARGS)
 
 install: $(STAMP)
 

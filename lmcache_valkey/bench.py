@@ -1,36 +1,53 @@
-"""`lmcache-valkey bench`: batch GET/SET/EXISTS throughput and latency.
+"""`lmcache-valkey bench`: ours against the ceiling and the peers, side by side.
 
-Rounds are interleaved (SET, GET, EXISTS in each round), destination buffers
-are allocated once and pre-touched so page faults are not measured, and the
-last GET round's bytes are checked against what was stored. A benchmark that
-does not verify can report any speed.
+For each value size, every client runs SET, GET and EXISTS once per round,
+and rounds repeat; the client order rotates each round so none always runs
+first. Everyone shares the same server, keys, values and destination buffers:
+the destinations are allocated once and pre-touched, so page faults are not
+measured for anyone; they are overwritten with zeros before each GET and
+compared with the stored values after it, so a client that did not deliver
+every byte fails the run instead of looking fast.
+
+Figures are medians over rounds: GB/s, batch latency p50/p99, and client CPU
+seconds per GB moved (process CPU time, so all of a client's threads count).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .client import ValkeyClient
+from .bench_peers import BenchClient, all_peers
+
+OPS = ("SET", "GET", "EXISTS")
 
 
 @dataclass
-class OpFigures:
+class Samples:
+    seconds: list[float] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Figures:
+    client: str
     op: str
-    batches: int
-    keys_per_batch: int
     value_bytes: int
-    median_gbps: float
-    best_gbps: float
-    median_ops_per_s: float
+    keys: int
+    rounds: int
+    gbps: float               # median
+    ops_per_s: float          # median
     p50_ms: float
     p99_ms: float
+    cpu_s_per_gb: float | None
 
 
 def _percentile(samples: list[float], q: float) -> float:
@@ -38,105 +55,248 @@ def _percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def _figures(op: str, times: list[float], keys: int, value_bytes: int) -> OpFigures:
+def _figures(client: str, op: str, s: Samples, value_bytes: int, keys: int) -> Figures:
     moved = keys * value_bytes
-    median = statistics.median(times)
-    return OpFigures(
-        op=op, batches=len(times), keys_per_batch=keys, value_bytes=value_bytes,
-        median_gbps=moved / median / 1e9 if moved else 0.0,
-        best_gbps=moved / min(times) / 1e9 if moved else 0.0,
-        median_ops_per_s=keys / median,
-        p50_ms=median * 1e3, p99_ms=_percentile(times, 0.99) * 1e3,
-    )
+    median = statistics.median(s.seconds)
+    cpu = statistics.median(c / moved * 1e9 for c in s.cpu_seconds) if moved else None
+    return Figures(client=client, op=op, value_bytes=value_bytes, keys=keys,
+                   rounds=len(s.seconds), gbps=moved / median / 1e9 if moved else 0.0,
+                   ops_per_s=keys / median, p50_ms=median * 1e3,
+                   p99_ms=_percentile(s.seconds, 0.99) * 1e3, cpu_s_per_gb=cpu)
 
 
-def _progress(done: int, total: int) -> None:
-    if sys.stderr.isatty():
-        width = 30
-        filled = width * done // total
-        sys.stderr.write(f"\r  [{'#' * filled}{'.' * (width - filled)}] round {done}/{total}")
-        if done == total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+# -- the server and the clients ---------------------------------------------
+
+@contextlib.contextmanager
+def _server(url: str | None) -> Iterator[tuple[str | None, int | None, str | None, str]]:
+    """(host, port, unix_path, description) of the server to measure."""
+    from .config import ClientConfig
+
+    config = ClientConfig.from_options(url)
+    if not config.embedded:
+        yield config.host, config.port, config.unix_path, config.endpoint
+        return
+    from .embedded import EmbeddedValkey
+
+    with EmbeddedValkey(unix_socket=True) as server:
+        yield server.host, server.port, server.unix_path, "embedded"
 
 
-def run_bench(url: str | None, *, value_bytes: int, keys: int, rounds: int,
-              num_connections: int, warmup: int = 2) -> dict[str, Any]:
+def _open_clients(names: list[str] | None, host: str | None, port: int | None,
+                  unix_path: str | None, num_connections: int,
+                  log: Any) -> list[BenchClient]:
+    """Every requested client that can run here; say why the others can't.
+    With both TCP and a unix socket, each client also runs over the socket
+    under the name NAME@unix."""
+    routes = ([("", host, port, None)] if host else []) + \
+        ([("@unix" if host else "", None, None, unix_path)] if unix_path else [])
+    known = [cls.name + suffix for cls in all_peers() for suffix, *_ in routes]
+    unknown = set(names or ()) - set(known)
+    if unknown:
+        raise ValueError(f"unknown client(s) {sorted(unknown)}; known here: {known}")
+    clients: list[BenchClient] = []
+    for cls in all_peers():
+        for suffix, h, p, u in routes:
+            name = cls.name + suffix
+            if names and name not in names:
+                continue
+            reason = cls.unavailable_reason()
+            if reason is None:
+                try:
+                    client = cls(h, p, u, num_connections)
+                except (RuntimeError, OSError) as e:
+                    reason = str(e)
+                else:
+                    client.name = name
+                    clients.append(client)
+                    continue
+            log(f"  skipping {name}: {reason}")
+    return clients
+
+
+# -- measuring ----------------------------------------------------------------
+
+def _timed(samples: dict[tuple[str, str], Samples], client: str, op: str, fn: Any,
+           *args: Any) -> Any:
+    c0, t0 = time.process_time(), time.perf_counter()
+    out = fn(*args)
+    t1, c1 = time.perf_counter(), time.process_time()
+    s = samples.setdefault((client, op), Samples())
+    s.seconds.append(t1 - t0)
+    s.cpu_seconds.append(c1 - c0)
+    return out
+
+
+def _measure_size(clients: list[BenchClient], value_bytes: int, keys: int, exists_keys: int,
+                  rounds: int, warmup: int, progress: Any) -> list[Figures]:
     import numpy as np
 
-    with ValkeyClient(url, key_prefix=f"lmcache-valkey-bench:{os.getpid()}:",
-                      num_connections=num_connections) as client:
-        names = [f"k{i}" for i in range(keys)]
-        rng = np.random.default_rng(0)
-        sources = [rng.integers(0, 256, value_bytes, dtype=np.uint8) for _ in range(keys)]
-        dests = [np.ones(value_bytes, np.uint8) for _ in range(keys)]  # pre-faulted
-        times: dict[str, list[float]] = {"SET": [], "GET": [], "EXISTS": []}
-        total = warmup + rounds
-        for r in range(total):
-            t0 = time.perf_counter()
-            stored = client.batch_set(names, sources)
-            t1 = time.perf_counter()
-            got = client.batch_get_into(names, dests)
-            t2 = time.perf_counter()
-            present = client.batch_exists(names)
-            t3 = time.perf_counter()
-            if not (all(stored) and got == [value_bytes] * keys and all(present)):
-                raise RuntimeError(f"round {r}: a key failed: set={stored!r} get={got!r}")
-            if r >= warmup:
-                times["SET"].append(t1 - t0)
-                times["GET"].append(t2 - t1)
-                times["EXISTS"].append(t3 - t2)
-            _progress(r + 1, total)
-        for i, (src, dst) in enumerate(zip(sources, dests)):
-            if not np.array_equal(src, dst):
-                raise RuntimeError(f"verification failed: key {names[i]} came back different")
-        client.batch_delete(names)
-        server = client.config.endpoint
-        server_version = _server_version(client)
-    figures = [
-        _figures("SET", times["SET"], keys, value_bytes),
-        _figures("GET", times["GET"], keys, value_bytes),
-        _figures("EXISTS", times["EXISTS"], keys, 0),
-    ]
+    rng = np.random.default_rng(value_bytes)
+    names = [f"lmcache-valkey-bench:{os.getpid()}:{i}".encode() for i in range(keys)]
+    probe = [f"lmcache-valkey-bench:{os.getpid()}:{i}".encode() for i in range(exists_keys)]
+    sources = [rng.integers(0, 256, value_bytes, dtype=np.uint8) for _ in range(keys)]
+    dests = [np.ones(value_bytes, np.uint8) for _ in range(keys)]  # pre-faulted, shared
+    samples: dict[tuple[str, str], Samples] = {}
+    for r in range(warmup + rounds):
+        record = samples if r >= warmup else {}
+        shift = r % len(clients)
+        for client in clients[shift:] + clients[:shift]:
+            _timed(record, client.name, "SET", client.set, names, sources)
+            for d in dests:
+                d.fill(0)
+            _timed(record, client.name, "GET", client.get, names, dests)
+            for i, (src, dst) in enumerate(zip(sources, dests)):
+                if not np.array_equal(src, dst):
+                    raise RuntimeError(f"{client.name}: GET of key {i} returned different bytes")
+            present = _timed(record, client.name, "EXISTS", client.exists, probe)
+            if present != min(keys, exists_keys):
+                raise RuntimeError(f"{client.name}: EXISTS counted {present}, "
+                                   f"expected {min(keys, exists_keys)}")
+        progress()
+    out = []
+    for client in clients:
+        for op in OPS:
+            n = exists_keys if op == "EXISTS" else keys
+            size = 0 if op == "EXISTS" else value_bytes
+            out.append(_figures(client.name, op, samples[(client.name, op)], size, n))
+    return out
+
+
+def run_bench(url: str | None, *, value_sizes: list[int], keys: int, exists_keys: int,
+              rounds: int, warmup: int, num_connections: int,
+              clients: list[str] | None = None, show_progress: bool = True) -> dict[str, Any]:
+    log = (lambda msg: print(msg, file=sys.stderr)) if show_progress else (lambda msg: None)
+    with _server(url) as (host, port, unix_path, where):
+        # Our client first: an unreachable server is one clear error naming it.
+        version = _server_version(host, port, unix_path)
+        opened = _open_clients(clients, host, port, unix_path, num_connections, log)
+        if not opened:
+            raise RuntimeError("no client to measure")
+        try:
+            figures: list[Figures] = []
+            with _progress_bar(len(value_sizes) * (warmup + rounds), show_progress) as tick:
+                for size in value_sizes:
+                    figures += _measure_size(opened, size, keys, exists_keys, rounds, warmup, tick)
+        finally:
+            for c in opened:
+                c.close()
     return {
-        "server": server if url else f"embedded valkey {server_version}",
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "command": "lmcache-valkey " + " ".join(sys.argv[1:]) if sys.argv else "",
+        "server": f"{where} valkey {version}",
+        "machine": _machine(),
         "num_connections": num_connections,
+        "clients": [c.name for c in opened],
         "verified": True,
         "results": [asdict(f) for f in figures],
     }
 
 
-def _server_version(client: ValkeyClient) -> str:
-    info = client.execute("INFO", "server").decode(errors="replace")
-    for line in info.splitlines():
-        if line.startswith(("valkey_version:", "redis_version:")):
-            version = line.split(":", 1)[1]
-            if line.startswith("valkey_version:"):
-                return version
-    return version
+@contextlib.contextmanager
+def _progress_bar(total: int, enabled: bool) -> Iterator[Any]:
+    if not enabled:
+        yield lambda: None
+        return
+    try:
+        from tqdm import tqdm
+    except ImportError:  # plain fallback: one line per tick
+        done = [0]
 
+        def tick() -> None:
+            done[0] += 1
+            print(f"  round {done[0]}/{total}", file=sys.stderr)
+
+        yield tick
+        return
+    with tqdm(total=total, unit="round", file=sys.stderr, leave=False) as bar:
+        yield lambda: bar.update(1)
+
+
+def _server_version(host: str | None, port: int | None, unix_path: str | None) -> str:
+    from .client import ValkeyClient
+
+    url = f"unix://{unix_path}" if unix_path and not host else f"valkey://{host}:{port}"
+    with ValkeyClient(url, num_connections=1) as c:
+        info = c.execute("INFO", "server").decode(errors="replace")
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    return fields.get("valkey_version") or fields.get("redis_version", "?")
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, " \
+           f"Python {platform.python_version()}"
+
+
+# -- reporting ----------------------------------------------------------------
 
 def format_table(report: dict[str, Any]) -> str:
-    lines = [
-        f"server: {report['server']}   machine: {report['machine']}   "
-        f"connections: {report['num_connections']}   bytes verified: {report['verified']}",
-        f"{'op':<7} {'keys':>5} {'value':>9} {'GB/s med':>9} {'GB/s best':>10} "
-        f"{'ops/s med':>10} {'p50 ms':>8} {'p99 ms':>8}",
-    ]
-    for f in report["results"]:
-        size = _human(f["value_bytes"]) if f["value_bytes"] else "-"
-        gbps = f"{f['median_gbps']:.2f}" if f["value_bytes"] else "-"
-        best = f"{f['best_gbps']:.2f}" if f["value_bytes"] else "-"
-        lines.append(
-            f"{f['op']:<7} {f['keys_per_batch']:>5} {size:>9} {gbps:>9} {best:>10} "
-            f"{f['median_ops_per_s']:>10.0f} {f['p50_ms']:>8.2f} {f['p99_ms']:>8.2f}")
+    """One block per (value size, op), one row per client; `ours/this` is the
+    ops/s ratio against ours over the same transport (TCP or @unix)."""
+    rows = report["results"]
+    order = {name: i for i, name in enumerate(report["clients"])}
+    lines = [f"server: {report['server']}   connections: {report['num_connections']}   "
+             f"bytes verified: {report['verified']}",
+             f"machine: {report['machine']}"]
+    by_cell = {(r["client"], r["op"], r["value_bytes"], r["keys"]): r for r in rows}
+    blocks: dict[tuple[int, int, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        size = r["value_bytes"] or -r["keys"]  # EXISTS blocks sort after their size's
+        blocks.setdefault((abs(size), OPS.index(r["op"]), r["op"]), []).append(r)
+    for (_, _, op), block in sorted(blocks.items()):
+        lines += ["", f"{'size':>9} {'op':<6} {'client':<16} {'GB/s':>7} {'ops/s':>9} "
+                      f"{'p50 ms':>8} {'p99 ms':>8} {'CPU s/GB':>9} {'ours/this':>9}"]
+        for r in sorted(block, key=lambda r: order[r["client"]]):
+            suffix = "@unix" if r["client"].endswith("@unix") else ""
+            base = by_cell.get(("ours" + suffix, op, r["value_bytes"], r["keys"]))
+            ratio = f"{base['ops_per_s'] / r['ops_per_s']:.2f}x" \
+                if base and base is not r else "-"
+            size = _human(r["value_bytes"]) if r["value_bytes"] else f"{r['keys']} keys"
+            gbps = f"{r['gbps']:.2f}" if r["value_bytes"] else "-"
+            cpu = f"{r['cpu_s_per_gb']:.3f}" if r["cpu_s_per_gb"] is not None else "-"
+            lines.append(f"{size:>9} {op:<6} {r['client']:<16} {gbps:>7} "
+                         f"{r['ops_per_s']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+                         f"{cpu:>9} {ratio:>9}")
     return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], path: str) -> None:
+    """GB/s against value size, one line per client, one panel per op."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RuntimeError("--plot needs matplotlib: pip install matplotlib") from None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, op in zip(axes, ("GET", "SET")):
+        rows = [r for r in report["results"] if r["op"] == op]
+        for client in dict.fromkeys(r["client"] for r in rows):
+            pts = sorted((r["value_bytes"], r["gbps"]) for r in rows if r["client"] == client)
+            style = "-o" if client.startswith("ours") else "--."
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=client)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([p for p in sorted({r["value_bytes"] for r in rows})])
+        ax.set_xticklabels([_human(p) for p in sorted({r["value_bytes"] for r in rows})],
+                           rotation=30)
+        ax.set_title(f"{op}: {rows[0]['keys']} keys per batch")
+        ax.set_xlabel("value size")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("GB/s (median)")
+    axes[1].legend(fontsize=8)
+    fig.suptitle(f"{report['server']} — {report['machine']}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def _human(n: int) -> str:
     for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= size and n % (size // 1024 or 1) == 0:
+        if n >= size:
             return f"{n / size:g} {unit}"
     return f"{n} B"
 
@@ -152,7 +312,12 @@ def parse_size(text: str) -> int:
 
 
 def main(args: Any) -> int:
-    report = run_bench(args.url, value_bytes=args.value_size, keys=args.keys,
-                       rounds=args.rounds, num_connections=args.num_connections)
+    report = run_bench(args.url, value_sizes=args.value_sizes, keys=args.keys,
+                       exists_keys=args.exists_keys, rounds=args.rounds, warmup=args.warmup,
+                       num_connections=args.num_connections, clients=args.clients,
+                       show_progress=not args.quiet)
     print(json.dumps(report, indent=2) if args.json else format_table(report))
+    if args.plot:
+        plot(report, args.plot)
+        print(f"plot written to {args.plot}", file=sys.stderr)
     return 0

@@ -9,6 +9,8 @@ import sys
 
 from .errors import ValkeyError
 
+DEFAULT_SIZES = "64KiB,256KiB,1MiB,4MiB,16MiB,32MiB"
+
 
 def _size(text: str) -> int:
     from .bench import parse_size
@@ -20,6 +22,13 @@ def _size(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError("size must be >= 0")
     return value
+
+
+def _sizes(text: str) -> list[int]:
+    sizes = [_size(t) for t in text.split(",") if t.strip()]
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError("give one or more sizes >= 1 byte, e.g. 64KiB,4MiB")
+    return sizes
 
 
 def _positive(text: str) -> int:
@@ -37,13 +46,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     bench = sub.add_parser(
-        "bench", help="batch GET/SET/EXISTS throughput (embedded Valkey unless --url)")
-    bench.add_argument("--url", help="server URL (default: $VALKEY_HOST, else an embedded server)")
-    bench.add_argument("--value-size", type=_size, default=4 << 20, help="bytes per value (4MiB)")
-    bench.add_argument("--keys", type=_positive, default=32, help="keys per batch (32)")
-    bench.add_argument("--rounds", type=_positive, default=20, help="measured rounds (20)")
-    bench.add_argument("--num-connections", type=_positive, default=2, help="connections (2)")
+        "bench", help="GET/SET/EXISTS throughput: ours vs the ceiling and peer clients, "
+                      "interleaved (embedded Valkey unless --url)")
+    bench.add_argument("--url", help="server URL (default: $VALKEY_HOST, else an embedded "
+                                     "server, measured over TCP and its unix socket)")
+    bench.add_argument("--value-sizes", type=_sizes, default=_sizes(DEFAULT_SIZES),
+                       help=f"comma-separated value sizes ({DEFAULT_SIZES})")
+    bench.add_argument("--keys", type=_positive, default=32, help="keys per GET/SET batch (32)")
+    bench.add_argument("--exists-keys", type=_positive, default=1000,
+                       help="keys per EXISTS batch (1000)")
+    bench.add_argument("--rounds", type=_positive, default=10, help="measured rounds (10)")
+    bench.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first (1)")
+    bench.add_argument("--num-connections", type=_positive, default=2,
+                       help="connections per client (2)")
+    bench.add_argument("--clients", type=lambda t: [c for c in t.split(",") if c],
+                       help="comma-separated subset, e.g. ours,ceiling,redis-py (default: all "
+                            "that are installed)")
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    bench.add_argument("--plot", metavar="FILE.png", help="also plot GB/s against value size")
+    bench.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
     server = sub.add_parser("server", help="run an embedded valkey-server in the foreground")
     server.add_argument("--port", type=int, default=6379)
@@ -77,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             return bench_main(args)
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         return _serve(args)
-    except ValkeyError as e:
+    except (ValkeyError, RuntimeError, ValueError) as e:
         print(f"lmcache-valkey: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

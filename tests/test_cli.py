@@ -18,24 +18,39 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
                           cwd=OUTSIDE_CHECKOUT)
 
 
-def test_bench_on_embedded_server_prints_verified_figures() -> None:
-    out = run("bench", "--value-size", "64KiB", "--keys", "8", "--rounds", "2", "--json")
+def test_bench_on_embedded_server_compares_clients_over_tcp_and_unix(tmp_path) -> None:
+    plot = tmp_path / "bench.png"
+    out = run("bench", "--clients", "ours,ceiling,ours@unix", "--value-sizes", "64KiB,1MiB",
+              "--keys", "4", "--exists-keys", "50", "--rounds", "2", "--json",
+              *(["--plot", str(plot)] if _has("matplotlib") else []))
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["verified"] is True and report["server"].startswith("embedded valkey")
-    ops = {r["op"]: r for r in report["results"]}
-    assert set(ops) == {"SET", "GET", "EXISTS"}
-    assert ops["GET"]["value_bytes"] == 65536 and ops["GET"]["median_gbps"] > 0
+    assert report["clients"] == ["ours", "ours@unix", "ceiling"]
+    cells = {(r["client"], r["op"], r["value_bytes"]) for r in report["results"]}
+    for client in report["clients"]:
+        assert {(client, "GET", 65536), (client, "SET", 1 << 20), (client, "EXISTS", 0)} <= cells
+    assert all(r["ops_per_s"] > 0 for r in report["results"])
+    if _has("matplotlib"):
+        assert plot.stat().st_size > 10_000
 
 
 def test_bench_table(server) -> None:
-    out = run("bench", "--url", server.url, "--value-size", "4k", "--keys", "4", "--rounds", "1")
+    out = run("bench", "--url", server.url, "--clients", "ours,ceiling", "--value-sizes", "4k",
+              "--keys", "4", "--rounds", "1", "--quiet")
     assert out.returncode == 0, out.stderr
-    assert "GB/s med" in out.stdout and "4 KiB" in out.stdout
+    assert "ours/this" in out.stdout and "4 KiB" in out.stdout and "ceiling" in out.stdout
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 @pytest.mark.parametrize("args, message", [
-    (["bench", "--value-size", "lots"], "not a size"),
+    (["bench", "--value-sizes", "lots"], "not a size"),
+    (["bench", "--clients", "nobody"], "unknown client"),
     (["bench", "--keys", "0"], "must be >= 1"),
     (["bench", "--url", "valkey://127.0.0.1:1", "--rounds", "1"], "cannot connect to 127.0.0.1:1"),
     (["bench", "--url", "ftp://x"], "unsupported URL scheme"),
