@@ -40,7 +40,8 @@ class Samples:
 class Figures:
     client: str
     op: str
-    value_bytes: int
+    sweep_bytes: int          # the value size of the sweep point this was measured at
+    value_bytes: int          # bytes per key moved by this op (0 for EXISTS)
     keys: int
     rounds: int
     gbps: float               # median
@@ -55,11 +56,13 @@ def _percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def _figures(client: str, op: str, s: Samples, value_bytes: int, keys: int) -> Figures:
+def _figures(client: str, op: str, s: Samples, sweep_bytes: int, value_bytes: int,
+             keys: int) -> Figures:
     moved = keys * value_bytes
     median = statistics.median(s.seconds)
     cpu = statistics.median(c / moved * 1e9 for c in s.cpu_seconds) if moved else None
-    return Figures(client=client, op=op, value_bytes=value_bytes, keys=keys,
+    return Figures(client=client, op=op, sweep_bytes=sweep_bytes, value_bytes=value_bytes,
+                   keys=keys,
                    rounds=len(s.seconds), gbps=moved / median / 1e9 if moved else 0.0,
                    ops_per_s=keys / median, p50_ms=median * 1e3,
                    p99_ms=_percentile(s.seconds, 0.99) * 1e3, cpu_s_per_gb=cpu)
@@ -158,7 +161,7 @@ def _measure_size(clients: list[BenchClient], value_bytes: int, keys: int, exist
         for op in OPS:
             n = exists_keys if op == "EXISTS" else keys
             size = 0 if op == "EXISTS" else value_bytes
-            out.append(_figures(client.name, op, samples[(client.name, op)], size, n))
+            out.append(_figures(client.name, op, samples[(client.name, op)], value_bytes, size, n))
     return out
 
 
@@ -242,17 +245,16 @@ def format_table(report: dict[str, Any]) -> str:
     lines = [f"server: {report['server']}   connections: {report['num_connections']}   "
              f"bytes verified: {report['verified']}",
              f"machine: {report['machine']}"]
-    by_cell = {(r["client"], r["op"], r["value_bytes"], r["keys"]): r for r in rows}
+    by_cell = {(r["client"], r["op"], r["sweep_bytes"]): r for r in rows}
     blocks: dict[tuple[int, int, str], list[dict[str, Any]]] = {}
     for r in rows:
-        size = r["value_bytes"] or -r["keys"]  # EXISTS blocks sort after their size's
-        blocks.setdefault((abs(size), OPS.index(r["op"]), r["op"]), []).append(r)
+        blocks.setdefault((r["sweep_bytes"], OPS.index(r["op"]), r["op"]), []).append(r)
     for (_, _, op), block in sorted(blocks.items()):
         lines += ["", f"{'size':>9} {'op':<6} {'client':<16} {'GB/s':>7} {'ops/s':>9} "
                       f"{'p50 ms':>8} {'p99 ms':>8} {'CPU s/GB':>9} {'ours/this':>9}"]
         for r in sorted(block, key=lambda r: order[r["client"]]):
             suffix = "@unix" if r["client"].endswith("@unix") else ""
-            base = by_cell.get(("ours" + suffix, op, r["value_bytes"], r["keys"]))
+            base = by_cell.get(("ours" + suffix, op, r["sweep_bytes"]))
             ratio = f"{base['ops_per_s'] / r['ops_per_s']:.2f}x" \
                 if base and base is not r else "-"
             size = _human(r["value_bytes"]) if r["value_bytes"] else f"{r['keys']} keys"
@@ -277,7 +279,7 @@ def plot(report: dict[str, Any], path: str) -> None:
     for ax, op in zip(axes, ("GET", "SET")):
         rows = [r for r in report["results"] if r["op"] == op]
         for client in dict.fromkeys(r["client"] for r in rows):
-            pts = sorted((r["value_bytes"], r["gbps"]) for r in rows if r["client"] == client)
+            pts = sorted((r["sweep_bytes"], r["gbps"]) for r in rows if r["client"] == client)
             style = "-o" if client.startswith("ours") else "--."
             ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=client)
         ax.set_xscale("log", base=2)

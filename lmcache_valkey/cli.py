@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--keys", type=_positive, default=32, help="keys per GET/SET batch (32)")
     bench.add_argument("--exists-keys", type=_positive, default=1000,
                        help="keys per EXISTS batch (1000)")
-    bench.add_argument("--rounds", type=_positive, default=10, help="measured rounds (10)")
+    bench.add_argument("--rounds", type=_positive, default=5, help="measured rounds (5)")
     bench.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first (1)")
     bench.add_argument("--num-connections", type=_positive, default=2,
                        help="connections per client (2)")
