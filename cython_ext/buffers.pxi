@@ -17,7 +17,6 @@ cdef class _BufferPins:
     cdef Py_buffer *views
     cdef Py_ssize_t nviews
     cdef Py_ssize_t nsegs        # <= nviews: zero-length buffers get no segment
-    cdef Py_ssize_t cap
     cdef Op *ops
     cdef Seg *segs
     cdef Py_ssize_t nops
@@ -40,7 +39,6 @@ cdef class _BufferPins:
 
     cdef int _alloc(self, Py_ssize_t nops, Py_ssize_t nsegs) except -1:
         self.nops = nops
-        self.cap = nsegs
         self.ops = <Op *>malloc(sizeof(Op) * (nops if nops else 1))
         self.segs = <Seg *>malloc(sizeof(Seg) * (nsegs if nsegs else 1))
         self.views = <Py_buffer *>malloc(sizeof(Py_buffer) * (nsegs if nsegs else 1))

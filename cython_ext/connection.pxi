@@ -37,7 +37,7 @@ cdef class RespConnection(_Engine):
 
     def set_timeout(self, double timeout_s):
         """Longest wait without progress, in seconds (<= 0: wait forever)."""
-        self.timeout_ms = <int>(timeout_s * 1000) if timeout_s > 0 else -1
+        self._set_timeout(timeout_s)
 
     def abort(self):
         """Wake and fail a batch running in another thread (shutdown, no

@@ -119,7 +119,7 @@ cdef class _Engine:
     cdef int _init_engine(self, int fd, double timeout_s, int64_t max_bulk,
                           size_t max_inflight_bytes, size_t rbuf_size) except -1:
         self.fd = fd
-        self.timeout_ms = <int>(timeout_s * 1000) if timeout_s > 0 else -1
+        self._set_timeout(timeout_s)
         self.max_bulk = max_bulk
         self.max_inflight_bytes = max_inflight_bytes
         self.rcap = rbuf_size
@@ -131,15 +131,20 @@ cdef class _Engine:
         self.rpos = self.rlen = 0
         return 0
 
+    cdef inline void _set_timeout(self, double timeout_s) noexcept:
+        """poll() milliseconds for a no-progress timeout; <= 0 waits forever."""
+        self.timeout_ms = <int>(timeout_s * 1000) if timeout_s > 0 else -1
+
     # -- failure -----------------------------------------------------------
 
     cdef inline int _fail(self, int kind, const char *msg) noexcept nogil:
         if self.failure == F_NONE:
-            self.failure = F_ABORTED if self.aborted else kind
             self.fail_errno = errno if kind == F_IO else 0
-            if self.aborted:
+            if self.aborted:  # whatever the socket said, the client caused it
+                self.failure = F_ABORTED
                 self.fail_msg = b"connection closed by the client"
             else:
+                self.failure = kind
                 self.fail_msg = msg
         return -1
 

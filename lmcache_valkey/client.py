@@ -111,7 +111,7 @@ class _Job:
 class _Tile:
     __slots__ = ("job", "start", "method", "keys", "buffers", "args")
 
-    def __init__(self, job: _Job | None, start: int, method: str, keys: list[bytes] | None,
+    def __init__(self, job: _Job, start: int, method: str, keys: list[bytes] | None,
                  buffers: list[Any] | None, args: tuple[Any, ...] = ()) -> None:
         self.job = job
         self.start = start
@@ -192,7 +192,6 @@ class _Worker:
             self._run(item)
 
     def _run(self, tile: _Tile) -> None:
-        assert tile.job is not None
         if self._client.closed:
             tile.job.tile_done(tile.start, None, ClientClosedError("client is closed"))
             return
