@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 
 STAMP := $(VENV)/.installed
-SOURCES := pyproject.toml setup.py MANIFEST.in $(wildcard cython_ext/*) $(wildcard lmcache_valkey/*.py)
+SOURCES := pyproject.toml setup.py MANIFEST.in $(wildcard cython_ext/*) $(wildcard lmcache_valkey/*.py lmcache_valkey/*/*.py)
 
 .PHONY: bench test microbench install clean
 
@@ -29,7 +29,7 @@ $(STAMP): $(SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q ".[test,bench]"
+	$(BIN)/python -m pip install -q ".[test,bench,lmcache]"
 	touch $@
 
 clean:

@@ -81,12 +81,12 @@ cdef class RespConnection(_Engine):
             if op.status == ST_OK:
                 if kind == OP_SET:
                     values.append(True)
-                elif kind == OP_EXISTS:
+                elif kind == OP_EXISTS or kind == OP_PEXPIRE:
                     values.append(op.result > 0)
                 else:
                     values.append(op.result)
             else:
-                values.append(False if kind in (OP_SET, OP_EXISTS) else None)
+                values.append(False if kind in (OP_SET, OP_EXISTS, OP_PEXPIRE) else None)
                 if op.status == ST_SERVER_ERROR:
                     errors[i] = ServerReplyError(
                         (self.errs.data + op.err_off)[:op.err_len].decode("utf-8", "replace"))
@@ -119,6 +119,13 @@ cdef class RespConnection(_Engine):
 
     def batch_exists(self, list keys):
         return self._batch(OP_EXISTS, keys, None, False, 0)
+
+    def batch_touch(self, list keys, int64_t ttl_ms):
+        """PEXPIRE each key by ttl_ms: values[i] is True when the key exists
+        (and now lives ttl_ms more). An EXISTS that also keeps the key."""
+        if ttl_ms <= 0:
+            raise ValueError("ttl_ms must be > 0")
+        return self._batch(OP_PEXPIRE, keys, None, False, ttl_ms)
 
     def batch_delete(self, list keys):
         return self._batch(OP_DEL, keys, None, False, 0)

@@ -13,6 +13,7 @@ cdef enum OpKind:
     OP_SET = 2
     OP_EXISTS = 3
     OP_DEL = 4
+    OP_PEXPIRE = 5     # "exists, and keep it for ttl_ms more": :1 / :0
 
 cdef enum OpStatus:
     ST_PENDING = 0
@@ -209,6 +210,11 @@ cdef class _Engine:
                 if ttl_ms > 0:
                     put_bulk(&self.wbuf, b"PX", 2)
                     put_bulk_uint(&self.wbuf, <uint64_t>ttl_ms)
+            elif kind == OP_PEXPIRE:
+                put_array_header(&self.wbuf, 3)
+                put_bulk(&self.wbuf, b"PEXPIRE", 7)
+                put_bulk(&self.wbuf, op.key, op.klen)
+                put_bulk_uint(&self.wbuf, <uint64_t>ttl_ms)
             else:
                 put_array_header(&self.wbuf, 2)
                 if kind == OP_GET:

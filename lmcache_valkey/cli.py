@@ -69,7 +69,29 @@ def build_parser() -> argparse.ArgumentParser:
     server = sub.add_parser("server", help="run an embedded valkey-server in the foreground")
     server.add_argument("--port", type=int, default=6379)
     server.add_argument("--unix-socket", action="store_true", help="also listen on a unix socket")
+
+    lmc = sub.add_parser(
+        "lmcache", help="run LMCache's own CLI with our L2 adapter type registered",
+        description="Registers the L2 adapter type 'lmcache_valkey' and then runs "
+                    "`lmcache ARGS...` in this process, so that e.g. "
+                    "`lmcache-valkey lmcache server --l2-adapter '{\"type\":\"lmcache_valkey\","
+                    "\"url\":\"valkey://host:6379\"}'` works.")
+    lmc.add_argument("lmcache_args", nargs=argparse.REMAINDER, metavar="ARGS",
+                     help="arguments for LMCache's `lmcache` command")
     return parser
+
+
+def _run_lmcache(args: argparse.Namespace) -> int:
+    try:
+        from lmcache.cli.main import main as lmcache_main
+    except ImportError as e:
+        raise RuntimeError(f"LMCache is not installed ({e}); pip install lmcache") from None
+    from .lmcache.registration import register
+
+    if not register():
+        raise RuntimeError("could not register the 'lmcache_valkey' L2 adapter type")
+    sys.argv = ["lmcache", *args.lmcache_args]
+    return int(lmcache_main() or 0)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -96,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             from .bench import main as bench_main
 
             return bench_main(args)
+        if args.command == "lmcache":
+            return _run_lmcache(args)
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         return _serve(args)
     except (ValkeyError, RuntimeError, ValueError) as e:

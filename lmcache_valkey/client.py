@@ -11,6 +11,7 @@ event loop watches.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import queue
@@ -190,6 +191,7 @@ class _Worker:
                 item()  # control callables (run on this thread, e.g. execute)
                 continue
             self._run(item)
+            del item  # do not pin the tile's buffers while idle
 
     def _run(self, tile: _Tile) -> None:
         if self._client.closed:
@@ -346,9 +348,16 @@ class ValkeyClient:
         return self._submit("batch_set", keys, buffers, False, (self._ttl_ms,),
                             completion=completion, token=token)
 
-    def submit_batch_exists(self, keys: Sequence[Key], *,
+    def submit_batch_exists(self, keys: Sequence[Key], *, refresh_ttl: bool = False,
                             completion: CompletionQueue | None = None,
                             token: Any = None) -> Future[BatchResult]:
+        """``True`` per key present. With ``refresh_ttl`` and a configured
+        TTL, each key found also gets its full TTL again (``PEXPIRE``, same
+        single round trip), so it cannot expire between a lookup and the
+        load that follows it."""
+        if refresh_ttl and self._ttl_ms > 0:
+            return self._submit("batch_touch", keys, None, False, (self._ttl_ms,),
+                                completion=completion, token=token)
         return self._submit("batch_exists", keys, None, False,
                             completion=completion, token=token)
 
@@ -368,8 +377,8 @@ class ValkeyClient:
         """``True`` per stored key (with the configured TTL)."""
         return self.submit_batch_set(keys, buffers).result()
 
-    def batch_exists(self, keys: Sequence[Key]) -> BatchResult:
-        return self.submit_batch_exists(keys).result()
+    def batch_exists(self, keys: Sequence[Key], *, refresh_ttl: bool = False) -> BatchResult:
+        return self.submit_batch_exists(keys, refresh_ttl=refresh_ttl).result()
 
     def batch_delete(self, keys: Sequence[Key]) -> BatchResult:
         """Number of keys removed per key (1 or 0)."""
@@ -410,8 +419,10 @@ class ValkeyClient:
     async def abatch_set(self, keys: Sequence[Key], buffers: Sequence[Buffer]) -> BatchResult:
         return await self._await(self.submit_batch_set, keys, buffers)
 
-    async def abatch_exists(self, keys: Sequence[Key]) -> BatchResult:
-        return await self._await(self.submit_batch_exists, keys)
+    async def abatch_exists(self, keys: Sequence[Key], *,
+                            refresh_ttl: bool = False) -> BatchResult:
+        return await self._await(functools.partial(self.submit_batch_exists,
+                                                   refresh_ttl=refresh_ttl), keys)
 
     async def abatch_delete(self, keys: Sequence[Key]) -> BatchResult:
         return await self._await(self.submit_batch_delete, keys)

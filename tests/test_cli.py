@@ -60,3 +60,17 @@ def test_bad_input_is_one_clear_line(args, message) -> None:
     assert out.returncode != 0
     assert message in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_lmcache_subcommand_runs_lmcache_cli_with_our_adapter_type(server) -> None:
+    """`lmcache-valkey lmcache ...` = LMCache's CLI, with type "lmcache_valkey" known."""
+    pytest.importorskip("lmcache")
+    spec = json.dumps({"type": "lmcache_valkey", "url": server.url,
+                       "key_prefix": "cli-lmcache:"})
+    r = subprocess.run(
+        [sys.executable, "-m", "lmcache_valkey", "lmcache", "bench", "l2",
+         "--l2-adapter", spec, "--num-keys", "4", "--data-size-kb", "64",
+         "--rounds", "1", "--no-skip-verify"],
+        capture_output=True, text=True, timeout=110)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "verified OK" in r.stdout + r.stderr

@@ -144,6 +144,40 @@ def test_fractional_ttl_uses_milliseconds(server, make_client, raw, prefix) -> N
     assert 1000 < raw.pttl(prefix + "k") <= 1500
 
 
+def test_exists_with_refresh_ttl_renews_only_present_keys(server, make_client, raw,
+                                                          prefix) -> None:
+    c = make_client(server.url, key_prefix=prefix, ttl_s=100)
+    c.batch_set(["a", "b"], [b"1", b"2"])
+    raw.pexpire(prefix + "a", 5_000)
+    raw.pexpire(prefix + "b", 5_000)
+    assert c.batch_exists(["a", "missing"], refresh_ttl=True) == [True, False]
+    assert 90_000 <= raw.pttl(prefix + "a") <= 100_000   # renewed
+    assert raw.pttl(prefix + "b") <= 5_000               # not asked: untouched
+    assert raw.exists(prefix + "missing") == 0           # a miss creates nothing
+    assert raw.get(prefix + "a") == b"1"
+
+
+def test_refresh_ttl_without_a_ttl_is_a_plain_exists(client: ValkeyClient, raw,
+                                                     prefix: str) -> None:
+    client.batch_set(["k"], [b"x"])
+    assert client.batch_exists(["k", "nope"], refresh_ttl=True) == [True, False]
+    assert raw.ttl(prefix + "k") == -1
+
+
+async def _aexists(c: ValkeyClient) -> list[bool]:
+    return await c.abatch_exists(["a", "zz"], refresh_ttl=True)
+
+
+def test_async_exists_passes_refresh_ttl(server, make_client, raw, prefix) -> None:
+    import asyncio
+
+    c = make_client(server.url, key_prefix=prefix, ttl_s=100)
+    c.batch_set(["a"], [b"1"])
+    raw.pexpire(prefix + "a", 5_000)
+    assert asyncio.run(_aexists(c)) == [True, False]
+    assert raw.pttl(prefix + "a") > 50_000
+
+
 def test_keys_must_be_str_or_bytes(client: ValkeyClient) -> None:
     with pytest.raises(TypeError, match="key #1"):
         client.batch_exists(["ok", 3])
