@@ -23,9 +23,13 @@ import pytest
 
 pytest.importorskip("lmcache")
 
+import lmcache_valkey  # noqa: E402
 from lmcache_valkey import EmbeddedValkey  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+# The child processes must import the same lmcache_valkey as this one: the
+# installed build in CI, the in-place build when run with PYTHONPATH=. (the
+# checkout itself has no compiled _native unless built in place).
+PACKAGE_PARENT = Path(lmcache_valkey.__file__).resolve().parent.parent
 TIMEOUT_S = 180
 
 # `lmcache ...` exactly as the console script runs it; REGISTER_FIRST is the
@@ -46,7 +50,9 @@ def valkey():
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    if PACKAGE_PARENT.name != "site-packages":  # an in-place build: make it importable
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_PARENT),
+                                                          env.get("PYTHONPATH")]))
     env.pop("VALKEY_PASSWORD", None)
     # cwd is a scratch dir: LMCache must not be run from inside its own package
     # (its lmcache/logging.py would shadow the stdlib module).

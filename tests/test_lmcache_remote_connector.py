@@ -494,10 +494,9 @@ def test_readme_plugin_route_parses_with_lmcache():
 
 def test_readme_short_name_route_parses_after_register():
     registration = pytest.importorskip("lmcache_valkey.lmcache.registration")
-    (cmd,) = [c for c in _readme_commands() if c[:2] == ["python", "-c"]]
-    assert "register()" in cmd[2]
-    registration.register()
-    (adapter,) = _parse_server_command(cmd)
+    (cmd,) = [c for c in _readme_commands() if c[:2] == ["lmcache-valkey", "lmcache"]]
+    registration.register()   # what `lmcache-valkey lmcache` does before LMCache's CLI
+    (adapter,) = _parse_server_command(cmd[1:])
     assert type(adapter).__name__ == "ValkeyL2AdapterConfig"
 
 
