@@ -1,6 +1,5 @@
 """Type stubs for the compiled hot loop (cython_ext/_native.pyx)."""
 
-from collections.abc import Sequence
 from typing import Any
 
 from .errors import ServerReplyError

@@ -207,8 +207,10 @@ class _Worker:
         except ValkeyConnectionError as e:
             self._drop_connection()
             if self._client.closed:
-                e = ClientClosedError("client closed while the batch ran")  # type: ignore[assignment]
-            tile.job.tile_done(tile.start, getattr(e, "partial", None), e)
+                tile.job.tile_done(tile.start, None,
+                                   ClientClosedError("client closed while the batch ran"))
+            else:
+                tile.job.tile_done(tile.start, e.partial, e)
         except BaseException as e:  # misuse (bad buffer), out of memory: fail the batch
             tile.job.tile_done(tile.start, None, e)
         else:

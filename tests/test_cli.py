@@ -67,10 +67,7 @@ def test_lmcache_subcommand_runs_lmcache_cli_with_our_adapter_type(server) -> No
     pytest.importorskip("lmcache")
     spec = json.dumps({"type": "lmcache_valkey", "url": server.url,
                        "key_prefix": "cli-lmcache:"})
-    r = subprocess.run(
-        [sys.executable, "-m", "lmcache_valkey", "lmcache", "bench", "l2",
-         "--l2-adapter", spec, "--num-keys", "4", "--data-size-kb", "64",
-         "--rounds", "1", "--no-skip-verify"],
-        capture_output=True, text=True, timeout=110)
+    r = run("lmcache", "bench", "l2", "--l2-adapter", spec, "--num-keys", "4",
+            "--data-size-kb", "64", "--rounds", "1", "--no-skip-verify")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "verified OK" in r.stdout + r.stderr

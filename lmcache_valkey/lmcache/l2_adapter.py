@@ -49,6 +49,7 @@ from lmcache.v1.platform import create_event_notifier
 from ..client import ValkeyClient
 from ..config import ClientConfig, Secret
 from ..errors import ClientClosedError, ConfigError
+from ..ratelimited_log import RateLimitedLog
 
 if TYPE_CHECKING:
     from lmcache.v1.distributed.api import MemoryLayoutDesc
@@ -69,7 +70,6 @@ _CLIENT_OPTIONS = frozenset(f.name for f in dataclasses.fields(ClientConfig))
 VALID_OPTIONS = _ADAPTER_OPTIONS | _CLIENT_OPTIONS
 
 _KEY_SEP = "@"
-_LOG_INTERVAL_S = 10.0
 
 
 # -- keys ---------------------------------------------------------------------
@@ -143,32 +143,6 @@ def _byte_view(obj: MemoryObj) -> Any:
     if view.nbytes != nbytes:
         raise ValueError(f"MemoryObj byte_array has {view.nbytes} bytes, claims {nbytes}")
     return view
-
-
-# -- logging ------------------------------------------------------------------
-
-
-class _RateLimitedLog:
-    """At most one record per topic every ``interval_s``; counts the rest."""
-
-    def __init__(self, logger: logging.Logger, interval_s: float = _LOG_INTERVAL_S) -> None:
-        self._logger = logger
-        self._interval = interval_s
-        self._lock = threading.Lock()
-        self._state: dict[str, tuple[float, int]] = {}
-
-    def warning(self, topic: str, msg: str, *args: Any) -> None:
-        now = time.monotonic()
-        with self._lock:
-            last, suppressed = self._state.get(topic, (-math.inf, 0))
-            if now - last < self._interval:
-                self._state[topic] = (last, suppressed + 1)
-                return
-            self._state[topic] = (now, 0)
-        if suppressed:
-            msg += " (%d similar messages suppressed)"
-            args = (*args, suppressed)
-        self._logger.warning(msg, *args)
 
 
 # -- config -------------------------------------------------------------------
@@ -353,7 +327,7 @@ class ValkeyL2Adapter(L2AdapterInterface):
         self._config = config
         self._ttl_s = config.ttl_s
         self._wait_s = config.client_config.connect_timeout_s + config.client_config.op_timeout_s
-        self._log = _RateLimitedLog(log)
+        self._log = RateLimitedLog(log)
 
         self._lock = threading.Lock()
         self._next_task_id = 0

@@ -51,8 +51,6 @@ import builtins
 import functools
 import inspect
 import logging
-import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -64,6 +62,7 @@ from lmcache.v1.storage_backend.connector.base_connector import RemoteConnector
 from ..client import BatchResult, ValkeyClient
 from ..config import ClientConfig
 from ..errors import ConfigError, ValkeyError, ValkeyTimeoutError
+from ..ratelimited_log import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -88,31 +87,6 @@ _PING_ERROR = -2
 def plugin_option(plugin_name: str, option: str) -> str:
     """The ``extra_config`` key of one option: ``remote_storage_plugin.<name>.<option>``."""
     return f"remote_storage_plugin.{plugin_name}.{option}"
-
-
-class _RateLimitedLog:
-    """At most one record per topic every ``interval_s``; the next one says
-    how many were suppressed. A dead server must not flood LMCache's log."""
-
-    def __init__(self, interval_s: float = 10.0) -> None:
-        self._interval_s = interval_s
-        self._lock = threading.Lock()
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def __call__(self, level: int, topic: str, msg: str, *args: Any) -> None:
-        now = time.monotonic()
-        with self._lock:
-            last = self._last.get(topic)
-            if last is not None and now - last < self._interval_s:
-                self._suppressed[topic] = self._suppressed.get(topic, 0) + 1
-                return
-            self._last[topic] = now
-            suppressed = self._suppressed.pop(topic, 0)
-        if suppressed:
-            msg += " (%d similar messages suppressed)"
-            args = (*args, suppressed)
-        log.log(level, msg, *args)
 
 
 def _caller_connector_context() -> Any:
@@ -193,7 +167,7 @@ class ValkeyRemoteConnector(RemoteConnector):
         self.loop = loop
         self.local_cpu_backend = local_cpu_backend
         self._save_unfull_chunk = bool(config.save_unfull_chunk)
-        self._log = _RateLimitedLog()
+        self._log = RateLimitedLog(log)
 
         options = self._options(config, plugin_name)
         url = options.pop("url", None)
@@ -298,13 +272,13 @@ class ValkeyRemoteConnector(RemoteConnector):
                     obj = self.local_cpu_backend.allocate(
                         self.meta_shapes, self.meta_dtypes, self.meta_fmt, busy_loop=False)
             except Exception as e:  # e.g. the scheduler's stand-in backend
-                self._log(logging.WARNING, "alloc", "lmcache_valkey: allocation failed: %s", e)
+                self._log.warning("alloc", "lmcache_valkey: allocation failed: %s", e)
                 break
             if obj is None:
                 break
             objs.append(obj)
         if len(objs) < n:
-            self._log(logging.WARNING, "alloc-short",
+            self._log.warning("alloc-short",
                       "lmcache_valkey: CPU buffer full: %d of %d chunks not loaded",
                       n - len(objs), n)
         return objs
@@ -320,9 +294,9 @@ class ValkeyRemoteConnector(RemoteConnector):
             try:
                 return self.reshape_partial_chunk(obj, nbytes)
             except Exception as e:  # pragma: no cover - guarded by the checks above
-                self._log(logging.WARNING, "reshape", "lmcache_valkey: reshape failed: %s", e)
+                self._log.warning("reshape", "lmcache_valkey: reshape failed: %s", e)
         elif nbytes is not None or stored_len is not None:
-            self._log(logging.WARNING, "size",
+            self._log.warning("size",
                       "lmcache_valkey: stored value for %s is %s bytes, a chunk is %d: "
                       "treated as a miss (another model or chunk size under this prefix?)",
                       key.to_string(), nbytes if stored_len is None else stored_len, size)
@@ -348,7 +322,7 @@ class ValkeyRemoteConnector(RemoteConnector):
             task.add_done_callback(functools.partial(_release_when_done, objs))
             raise
         except Exception as e:
-            self._log(logging.WARNING, "get", "lmcache_valkey: load of %d chunks failed: %s",
+            self._log.warning("get", "lmcache_valkey: load of %d chunks failed: %s",
                       len(objs), e)
             partial = getattr(e, "partial", None)
             result = partial if isinstance(partial, list) else [None] * len(objs)
@@ -363,7 +337,7 @@ class ValkeyRemoteConnector(RemoteConnector):
         try:
             res = await self._client.abatch_exists(self._keys([key]), refresh_ttl=self._ttl_set)
         except Exception as e:
-            self._log(logging.WARNING, "exists", "lmcache_valkey: lookup failed: %s", e)
+            self._log.warning("exists", "lmcache_valkey: lookup failed: %s", e)
             return False
         return bool(res[0])
 
@@ -371,7 +345,7 @@ class ValkeyRemoteConnector(RemoteConnector):
         try:
             res = self._client.batch_exists(self._keys([key]), refresh_ttl=self._ttl_set)
         except Exception as e:
-            self._log(logging.WARNING, "exists", "lmcache_valkey: lookup failed: %s", e)
+            self._log.warning("exists", "lmcache_valkey: lookup failed: %s", e)
             return False
         return bool(res[0])
 
@@ -385,7 +359,7 @@ class ValkeyRemoteConnector(RemoteConnector):
         try:
             res = self._client.batch_exists(self._keys(keys), refresh_ttl=self._ttl_set)
         except Exception as e:
-            self._log(logging.WARNING, "exists", "lmcache_valkey: lookup failed: %s", e)
+            self._log.warning("exists", "lmcache_valkey: lookup failed: %s", e)
             return 0
         return _prefix_hits(res)
 
@@ -401,7 +375,7 @@ class ValkeyRemoteConnector(RemoteConnector):
         try:
             res = await self._client.abatch_exists(self._keys(keys), refresh_ttl=self._ttl_set)
         except Exception as e:
-            self._log(logging.WARNING, "exists", "lmcache_valkey: lookup failed: %s", e)
+            self._log.warning("exists", "lmcache_valkey: lookup failed: %s", e)
             return 0
         return _prefix_hits(res)
 
@@ -445,13 +419,13 @@ class ValkeyRemoteConnector(RemoteConnector):
             res = await self._client.abatch_set(
                 self._keys(keys), [obj.byte_array for obj in memory_objs])
         except Exception as e:
-            self._log(logging.WARNING, "put", "lmcache_valkey: store of %d chunks failed: %s",
+            self._log.warning("put", "lmcache_valkey: store of %d chunks failed: %s",
                       len(keys), e)
             return
         failed = [i for i, ok in enumerate(res) if not ok]
         if failed:
             reasons = sorted({str(res.errors[i]) for i in failed if i in res.errors})
-            self._log(logging.WARNING, "put-keys",
+            self._log.warning("put-keys",
                       "lmcache_valkey: %d of %d chunks not stored: %s", len(failed), len(keys),
                       "; ".join(reasons) or "unknown")
 
@@ -461,7 +435,7 @@ class ValkeyRemoteConnector(RemoteConnector):
         try:
             return bool(self._client.batch_delete(self._keys([key]))[0])
         except Exception as e:
-            self._log(logging.WARNING, "delete", "lmcache_valkey: delete failed: %s", e)
+            self._log.warning("delete", "lmcache_valkey: delete failed: %s", e)
             return False
 
     async def list(self) -> list[str]:
@@ -470,7 +444,7 @@ class ValkeyRemoteConnector(RemoteConnector):
         try:
             return await asyncio.to_thread(self._scan, self._list_limit)
         except Exception as e:
-            self._log(logging.WARNING, "list", "lmcache_valkey: list failed: %s", e)
+            self._log.warning("list", "lmcache_valkey: list failed: %s", e)
             return []
 
     def _scan(self, limit: int) -> builtins.list[str]:
@@ -497,7 +471,7 @@ class ValkeyRemoteConnector(RemoteConnector):
         except ValkeyTimeoutError:
             return _PING_TIMEOUT
         except (ValkeyError, OSError) as e:
-            self._log(logging.WARNING, "ping", "lmcache_valkey: ping failed: %s", e)
+            self._log.warning("ping", "lmcache_valkey: ping failed: %s", e)
             return _PING_ERROR
         return _PING_OK if ok else _PING_ERROR
 

@@ -1,0 +1,112 @@
+"""``kv_connector_extra_config`` of the ValkeyConnector, and the key namespace.
+
+Everything a user can put in ``--kv-transfer-config '{"kv_connector":
+"ValkeyConnector", "kv_connector_extra_config": {...}}'`` is parsed here,
+once, with errors that name the option. The namespace is what keeps two
+deployments whose KV bytes are not interchangeable from ever reading each
+other's values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from ..config import ClientConfig, Secret
+from ..errors import ConfigError
+
+DEFAULT_KEY_PREFIX = "vllm:kv:"
+DEFAULT_TTL_S = 3600.0
+#: Bumped whenever the stored value layout changes, so old values become misses.
+FORMAT_VERSION = 1
+
+_CONNECTOR_OPTIONS = frozenset({"url", "load_failure_policy", "namespace_extra"})
+_CLIENT_OPTIONS = frozenset(f.name for f in dataclasses.fields(ClientConfig))
+VALID_OPTIONS = _CONNECTOR_OPTIONS | _CLIENT_OPTIONS
+_FAILURE_POLICIES = ("recompute", "fail")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConnectorConfig:
+    """The connector's own options plus a validated client config."""
+
+    client_config: ClientConfig
+    url: Secret | None
+    client_options: Mapping[str, Any]
+    load_failure_policy: str = "recompute"
+    namespace_extra: str = ""
+
+    @classmethod
+    def from_extra_config(cls, extra: Mapping[str, Any] | None,
+                          env: Mapping[str, str] | None = None) -> ConnectorConfig:
+        extra = dict(extra or {})
+        unknown = set(extra) - VALID_OPTIONS
+        if unknown:
+            raise ConfigError(f"ValkeyConnector: unknown kv_connector_extra_config option(s) "
+                              f"{sorted(unknown)}; valid options are {sorted(VALID_OPTIONS)}")
+        url = extra.pop("url", None)
+        if url is not None and not isinstance(url, str):
+            raise ConfigError(f"ValkeyConnector: url must be a string, not {type(url).__name__}")
+        policy = extra.pop("load_failure_policy", "recompute")
+        if policy not in _FAILURE_POLICIES:
+            raise ConfigError(f"ValkeyConnector: load_failure_policy must be one of "
+                              f"{_FAILURE_POLICIES}, not {policy!r}")
+        namespace_extra = str(extra.pop("namespace_extra", ""))
+        extra.setdefault("key_prefix", DEFAULT_KEY_PREFIX)
+        extra.setdefault("ttl_s", DEFAULT_TTL_S)
+        if extra["key_prefix"] is None:
+            extra["key_prefix"] = ""
+        if extra.get("ttl_s") == 0:  # 0 = keys never expire
+            extra["ttl_s"] = None
+        if extra.get("password") is not None and not isinstance(extra["password"], Secret):
+            extra["password"] = Secret(str(extra["password"]))
+        try:
+            client_config = ClientConfig.from_options(url or None, env=env, **extra)
+        except ConfigError as e:
+            raise ConfigError(f"ValkeyConnector: {e}") from None
+        if client_config.embedded:
+            raise ConfigError(
+                "ValkeyConnector needs a server: set kv_connector_extra_config.url "
+                "(e.g. valkey://127.0.0.1:6379) or VALKEY_HOST in vLLM's environment. "
+                "Start one with `lmcache-valkey server --port 6379`; every replica "
+                "must name the same server to share KV.")
+        return cls(client_config=client_config, url=Secret(url) if url else None,
+                   client_options=extra, load_failure_policy=policy,
+                   namespace_extra=namespace_extra)
+
+    def create_client(self) -> Any:
+        from ..client import ValkeyClient
+
+        return ValkeyClient(self.url.get() if self.url else None, **self.client_options)
+
+    def __repr__(self) -> str:  # no secrets
+        c = self.client_config
+        return (f"ConnectorConfig({c.redacted_url()}, key_prefix={c.key_prefix!r}, "
+                f"ttl_s={c.ttl_s}, num_connections={c.num_connections}, "
+                f"load_failure_policy={self.load_failure_policy!r})")
+
+
+def kv_namespace(fields: Mapping[str, Any]) -> str:
+    """16 hex digits naming everything that makes stored KV bytes incompatible.
+
+    ``fields`` holds the model, dtypes, block size, per-layer KV specs, KV
+    layout, parallel sizes and the hash algorithm; any difference gives a
+    different namespace, so a mismatched deployment sees only misses.
+    """
+    blob = json.dumps({"format": FORMAT_VERSION, **fields}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def hash_seed_is_stable(algo: str, env: Mapping[str, str] | None = None) -> bool:
+    """Whether vLLM's block hashes agree across processes for this algorithm.
+
+    vLLM derives the chain's root (``NONE_HASH``) from ``PYTHONHASHSEED`` when
+    set, else from a fixed seed for sha256 variants and from random bytes for
+    xxhash variants (``vllm/v1/core/kv_cache_utils.py``).
+    """
+    env = os.environ if env is None else env
+    return env.get("PYTHONHASHSEED") is not None or not algo.startswith("xxhash")

@@ -1,0 +1,174 @@
+"""``ValkeyConnector``: vLLM's KV connector API on top of lmcache_valkey.
+
+vLLM creates one instance per role: the scheduler's (lookups, the step plan —
+:mod:`.scheduler_side`) and each worker's (moving block bytes —
+:mod:`.worker_side`). Both open their own client to the same server.
+
+Keys are ``<key_prefix><namespace>:<rank>:<block hash hex>``. The namespace
+(:func:`.config.kv_namespace`) covers everything that makes KV bytes
+incompatible — model, dtypes, block size, per-layer KV specs, platform, TP/PP
+sizes, the prefix-hash algorithm — and ``rank`` is the worker's TP/PP rank, so
+two deployments never read each other's bytes. The block hash is vLLM's own
+chained ``request.block_hashes`` (prompt tokens, cache salt, LoRA and
+multimodal inputs of the whole prefix).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from vllm.distributed.kv_transfer.kv_connector.v1.base import (
+    KVConnectorBase_V1,
+    KVConnectorMetadata,
+    KVConnectorRole,
+)
+
+from ..errors import ConfigError
+from .config import ConnectorConfig, hash_seed_is_stable, kv_namespace
+from .metadata import ValkeyConnectorMetadata
+from .scheduler_side import SchedulerSide
+from .worker_side import WorkerSide
+
+if TYPE_CHECKING:
+    import torch
+    from vllm.config import VllmConfig
+    from vllm.forward_context import ForwardContext
+    from vllm.v1.attention.backend import AttentionMetadata
+    from vllm.v1.core.kv_cache_manager import KVCacheBlocks
+    from vllm.v1.core.sched.output import SchedulerOutput
+    from vllm.v1.kv_cache_interface import KVCacheConfig
+    from vllm.v1.request import Request
+
+log = logging.getLogger(__name__)
+
+
+class ValkeyConnector(KVConnectorBase_V1):
+    """Shared, persistent KV cache for vLLM in Valkey (or Redis)."""
+
+    def __init__(self, vllm_config: VllmConfig, role: KVConnectorRole,
+                 kv_cache_config: KVCacheConfig | None = None) -> None:
+        super().__init__(vllm_config=vllm_config, role=role, kv_cache_config=kv_cache_config)
+        transfer = vllm_config.kv_transfer_config
+        if kv_cache_config is not None and len(kv_cache_config.kv_cache_groups) > 1:
+            raise ConfigError(
+                f"ValkeyConnector stores one KV cache group; this model has "
+                f"{len(kv_cache_config.kv_cache_groups)} (hybrid attention)")
+        self.config = ConnectorConfig.from_extra_config(transfer.kv_connector_extra_config)
+        # We are a cache: a block that cannot be loaded is recomputed, not fatal.
+        transfer.kv_load_failure_policy = self.config.load_failure_policy
+        self._block_size = vllm_config.cache_config.block_size
+        fields = namespace_fields(vllm_config, kv_cache_config)
+        self.namespace = kv_namespace(fields)
+        rank = _rank(vllm_config) if role == KVConnectorRole.WORKER else "0.0"
+        self._key_base = f"{self.namespace}:{rank}:"
+        self._client = self.config.create_client()
+        if not hash_seed_is_stable(fields["hash_algo"]):
+            log.warning("ValkeyConnector: prefix_caching_hash_algo=%s without PYTHONHASHSEED "
+                        "gives block hashes that differ in every process: nothing stored "
+                        "will be found after a restart or by another replica. Set "
+                        "PYTHONHASHSEED to one value everywhere, or use sha256.",
+                        fields["hash_algo"])
+        self._scheduler: SchedulerSide | None = None
+        self._worker: WorkerSide | None = None
+        if role == KVConnectorRole.SCHEDULER:
+            self._scheduler = SchedulerSide(self._client, self.key_of, self._block_size)
+        else:
+            self._worker = WorkerSide(self._client, self.key_of)
+        log.info("ValkeyConnector (%s): %r, namespace %s", role.name.lower(), self.config,
+                 self.namespace)
+
+    def key_of(self, block_hash_hex: str) -> str:
+        """Key of a block (the client adds key_prefix)."""
+        return self._key_base + block_hash_hex
+
+    def __repr__(self) -> str:
+        return f"ValkeyConnector({self.role.name.lower()}, {self.config!r})"
+
+    # -- scheduler side ----------------------------------------------------
+
+    def get_num_new_matched_tokens(self, request: Request,
+                                   num_computed_tokens: int) -> tuple[int | None, bool]:
+        assert self._scheduler is not None
+        return self._scheduler.get_num_new_matched_tokens(request, num_computed_tokens)
+
+    def update_state_after_alloc(self, request: Request, blocks: KVCacheBlocks,
+                                 num_external_tokens: int) -> None:
+        assert self._scheduler is not None
+        self._scheduler.update_state_after_alloc(request, blocks, num_external_tokens)
+
+    def build_connector_meta(self, scheduler_output: SchedulerOutput) -> KVConnectorMetadata:
+        assert self._scheduler is not None
+        return self._scheduler.build_connector_meta(scheduler_output)
+
+    def request_finished(self, request: Request,
+                         block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
+        # Saves finish inside the step that wrote the blocks: nothing to wait for.
+        assert self._scheduler is not None
+        self._scheduler.request_finished(request)
+        return False, None
+
+    # -- worker side -------------------------------------------------------
+
+    def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
+        assert self._worker is not None
+        self._worker.register_kv_caches(kv_caches, self._kv_cache_config.num_blocks)
+
+    def start_load_kv(self, forward_context: ForwardContext, **kwargs: Any) -> None:
+        meta = self._get_connector_metadata()
+        assert isinstance(meta, ValkeyConnectorMetadata) and self._worker is not None
+        self._worker.load(meta.loads)
+
+    def wait_for_layer_load(self, layer_name: str) -> None:
+        return  # loads complete in start_load_kv, before the first layer runs
+
+    def save_kv_layer(self, layer_name: str, kv_layer: torch.Tensor,
+                      attn_metadata: AttentionMetadata, **kwargs: Any) -> None:
+        return  # saves run once per step, all layers of a block in one value
+
+    def wait_for_save(self) -> None:
+        meta = self._get_connector_metadata()
+        assert isinstance(meta, ValkeyConnectorMetadata) and self._worker is not None
+        self._worker.save(meta.saves)
+
+    def get_block_ids_with_load_errors(self) -> set[int]:
+        return self._worker.take_load_errors() if self._worker is not None else set()
+
+    def shutdown(self) -> None:
+        self._client.close()
+
+
+def namespace_fields(vllm_config: VllmConfig, kv_cache_config: KVCacheConfig | None
+                     ) -> dict[str, Any]:
+    """Everything that makes stored KV bytes incompatible between deployments."""
+    from vllm.platforms import current_platform
+
+    model = vllm_config.model_config
+    cache = vllm_config.cache_config
+    par = vllm_config.parallel_config
+    groups = []
+    layout = None
+    if kv_cache_config is not None:
+        groups = [repr(g.kv_cache_spec) for g in kv_cache_config.kv_cache_groups]
+        layout = getattr(kv_cache_config, "kv_cache_layout", None)
+    return {
+        "model": model.model, "revision": model.revision, "dtype": str(model.dtype),
+        "quantization": model.quantization, "kv_cache_dtype": cache.cache_dtype,
+        "block_size": cache.block_size, "kv_groups": groups, "kv_layout": str(layout),
+        "platform": current_platform.device_type,
+        "attention_backend": str(getattr(getattr(vllm_config, "attention_config", None),
+                                         "backend", None)),
+        "tp": par.tensor_parallel_size, "pp": par.pipeline_parallel_size,
+        "hash_algo": str(cache.prefix_caching_hash_algo),
+        "extra": vllm_config.kv_transfer_config.kv_connector_extra_config.get(
+            "namespace_extra", ""),
+    }
+
+
+def _rank(vllm_config: VllmConfig) -> str:
+    from vllm.distributed.parallel_state import get_pp_group, get_tensor_model_parallel_rank
+
+    try:
+        return f"{get_tensor_model_parallel_rank()}.{get_pp_group().rank_in_group}"
+    except Exception:  # parallel state not initialised (single process tests)
+        return "0.0"

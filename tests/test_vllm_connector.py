@@ -1,0 +1,217 @@
+"""ValkeyConnector with vLLM's real scheduler, requests and block hashes.
+
+A real Valkey server; vLLM's ``Scheduler`` decides what to load and save;
+worker-side connectors move bytes between CPU KV tensors and the server.
+The end-to-end runs with a served model are in ``test_vllm_e2e.py``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import random
+import time
+
+import pytest
+
+pytest.importorskip("vllm")
+
+from lmcache_valkey import EmbeddedValkey, ValkeyClient  # noqa: E402
+from lmcache_valkey.errors import ConfigError  # noqa: E402
+from lmcache_valkey.vllm.config import ConnectorConfig  # noqa: E402
+from lmcache_valkey.vllm.tiny_llama import TEST_TINY, build_tiny_llama  # noqa: E402
+
+from vllm_fixtures import BLOCK, Worker, request, scheduler, vllm_config  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), **TEST_TINY)
+
+
+@pytest.fixture
+def extra(server, request):
+    # A fresh key prefix per test: tests never see each other's blocks.
+    return {"url": server.url, "key_prefix": f"t:{request.node.name}:"}
+
+
+def tokens(n: int, seed: int = 0) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randrange(10, 2000) for _ in range(n)]
+
+
+def computed_before_step(out) -> int:
+    """Tokens the step starts with (local prefix cache + loaded from Valkey)."""
+    [new] = out.scheduled_new_reqs
+    return new.num_computed_tokens
+
+
+def run_prefill(vc, worker: Worker, toks: list[int], **kw):
+    """Schedule one request on a fresh scheduler; run the worker's step."""
+    sched = scheduler(vc)
+    req = request(toks, **kw)
+    sched.add_request(req)
+    out = sched.schedule()
+    errors = worker.step(out.kv_connector_metadata)
+    return sched, req, out, errors
+
+
+def test_cold_run_saves_every_full_prompt_block_with_ttl_and_prefix(model_dir, raw, extra):
+    vc = vllm_config(model_dir, extra)
+    w = Worker(vc, seed=1)
+    _, req, out, _ = run_prefill(vc, w, tokens(200))
+    meta = out.kv_connector_metadata
+    assert meta.loads == []
+    [save] = meta.saves
+    assert len(save.hashes) == 200 // BLOCK == 6      # the partial 7th block is not stored
+    assert save.hashes == [h.hex() for h in req.block_hashes[:6]]
+    for h, block_id in zip(save.hashes, save.block_ids):
+        key = extra["key_prefix"] + w.connector.key_of(h)
+        assert raw.get(key) == w.block_bytes(block_id)
+        assert 3500_000 < raw.pttl(key) <= 3600_000
+    assert w.connector._worker.blocks_saved == 6
+
+
+def test_restart_loads_the_stored_prefix_bytes_exactly(model_dir, extra):
+    vc = vllm_config(model_dir, extra)
+    toks = tokens(200, seed=2)
+    first = Worker(vc, seed=10)
+    _, _, out1, _ = run_prefill(vc, first, toks)
+    stored = {h: first.block_bytes(b) for h, b in zip(out1.kv_connector_metadata.saves[0].hashes,
+                                                       out1.kv_connector_metadata.saves[0].block_ids)}
+    # "After a restart": new scheduler, new worker whose KV memory holds other bytes.
+    second = Worker(vc, seed=20)
+    sched, req, out2, errors = run_prefill(vc, second, toks)
+    meta = out2.kv_connector_metadata
+    assert errors == set()
+    assert computed_before_step(out2) == 6 * BLOCK         # loaded, not prefilled
+    assert out2.num_scheduled_tokens[req.request_id] == 200 - 6 * BLOCK
+    [load] = meta.loads
+    assert load.hashes == list(stored)
+    for h, block_id in zip(load.hashes, load.block_ids):
+        assert second.block_bytes(block_id) == stored[h]
+    assert meta.saves == []                             # nothing new to store
+    assert second.connector._worker.blocks_loaded == 6
+
+
+def test_last_prompt_token_is_always_computed(model_dir, extra):
+    vc = vllm_config(model_dir, extra)
+    toks = tokens(4 * BLOCK, seed=3)                    # a whole number of blocks
+    run_prefill(vc, Worker(vc, seed=1), toks)
+    sched, req, out, _ = run_prefill(vc, Worker(vc, seed=2), toks)
+    assert computed_before_step(out) == 3 * BLOCK
+    assert out.num_scheduled_tokens[req.request_id] == BLOCK
+
+
+def test_shared_prefix_loads_only_the_common_blocks(model_dir, extra):
+    vc = vllm_config(model_dir, extra)
+    base = tokens(200, seed=4)
+    run_prefill(vc, Worker(vc, seed=1), base)
+    other = base[:2 * BLOCK + 5] + tokens(150, seed=5)
+    _, req, out, _ = run_prefill(vc, Worker(vc, seed=2), other)
+    assert computed_before_step(out) == 2 * BLOCK
+    [load] = out.kv_connector_metadata.loads
+    assert len(load.block_ids) == 2
+    [save] = out.kv_connector_metadata.saves            # the diverging blocks are new
+    assert save.hashes == [h.hex() for h in req.block_hashes[2:len(other) // BLOCK]]
+
+
+def test_cache_salt_and_namespace_keep_deployments_apart(model_dir, extra):
+    vc = vllm_config(model_dir, extra)
+    toks = tokens(200, seed=6)
+    run_prefill(vc, Worker(vc, seed=1), toks)
+    # Same tokens under another cache salt: vLLM's hashes differ, so a miss.
+    _, req, out, _ = run_prefill(vc, Worker(vc, seed=2), toks, cache_salt="tenant-b")
+    assert computed_before_step(out) == 0 and out.kv_connector_metadata.loads == []
+    # Another KV dtype: another namespace, so a miss even for identical hashes.
+    vc_fp32 = vllm_config(model_dir, extra, dtype="float32")
+    w = Worker(vc_fp32, seed=3)
+    assert w.connector.namespace != Worker(vc, seed=3).connector.namespace
+    _, req, out, _ = run_prefill(vc_fp32, w, toks)
+    assert computed_before_step(out) == 0
+
+
+def test_block_gone_between_lookup_and_load_is_reported_for_recompute(model_dir, server, extra):
+    vc = vllm_config(model_dir, extra)
+    assert vc.kv_transfer_config.kv_load_failure_policy == "fail"   # vLLM's default ...
+    toks = tokens(200, seed=7)
+    run_prefill(vc, Worker(vc, seed=1), toks)
+    w = Worker(vc, seed=2)
+    assert vc.kv_transfer_config.kv_load_failure_policy == "recompute"  # ... ours
+    sched = scheduler(vc)
+    req = request(toks)
+    sched.add_request(req)
+    out = sched.schedule()
+    [load] = out.kv_connector_metadata.loads
+    with ValkeyClient(server.url, key_prefix=extra["key_prefix"]) as raw:
+        raw.batch_delete([w.connector.key_of(load.hashes[3])])     # evicted meanwhile
+    errors = w.step(out.kv_connector_metadata)
+    assert errors == {load.block_ids[3]}
+    assert w.connector.get_block_ids_with_load_errors() == set()   # reported once
+
+
+def test_local_prefix_cache_hits_are_not_looked_up_again(model_dir, extra):
+    vc = vllm_config(model_dir, extra, prefix_caching=True)
+    toks = tokens(300, seed=8)
+    w = Worker(vc, seed=1)
+    sched = scheduler(vc)
+    r1 = request(toks)
+    sched.add_request(r1)
+    w.step(sched.schedule().kv_connector_metadata)
+    # The first request's blocks stay cached locally; a second identical
+    # request hits vLLM's own prefix cache, and the connector adds nothing.
+    conn = sched.connector
+    assert conn.get_num_new_matched_tokens(r1, 9 * BLOCK) == (0, False)
+
+
+def test_valkey_down_serves_cold_and_recovers(model_dir, tmp_path):
+    with EmbeddedValkey() as s:
+        extra = {"url": s.url, "key_prefix": "down:", "connect_timeout_s": 1,
+                 "reconnect_backoff_max_s": 0.2}
+        vc = vllm_config(model_dir, extra)
+        w = Worker(vc, seed=1)
+        toks = tokens(200, seed=9)
+        run_prefill(vc, w, toks)
+        port = s.port
+        s.stop()
+        sched, req, out, errors = run_prefill(vc, w, toks)      # lookup fails: cold
+        assert computed_before_step(out) == 0 and errors == set()
+        assert out.kv_connector_metadata.loads == []
+    with EmbeddedValkey(port=port):                              # back, empty
+        deadline = time.monotonic() + 10
+        while True:                                              # the same worker recovers
+            run_prefill(vc, w, toks)                             # by itself and stores again
+            _, req, out, errors = run_prefill(vc, Worker(vc, seed=2), toks)
+            if computed_before_step(out) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert computed_before_step(out) == 6 * BLOCK and errors == set()
+
+
+def test_config_errors_name_the_option_and_hide_secrets(monkeypatch):
+    monkeypatch.delenv("VALKEY_HOST", raising=False)
+    with pytest.raises(ConfigError, match="needs a server"):
+        ConnectorConfig.from_extra_config({})
+    with pytest.raises(ConfigError, match="unknown .*'urll'"):
+        ConnectorConfig.from_extra_config({"urll": "valkey://x:1"})
+    with pytest.raises(ConfigError, match="load_failure_policy"):
+        ConnectorConfig.from_extra_config({"url": "valkey://x:1", "load_failure_policy": "x"})
+    cfg = ConnectorConfig.from_extra_config({"url": "valkey://alice:s3cret@h:6379",
+                                             "ttl_s": 0})
+    assert "s3cret" not in repr(cfg) and cfg.client_config.ttl_s is None
+    assert cfg.client_config.key_prefix == b"vllm:kv:"
+    assert ConnectorConfig.from_extra_config({"url": "valkey://h:1"}).client_config.ttl_s == 3600
+
+
+def test_registration_is_idempotent_and_declared_as_entry_point():
+    from vllm.distributed.kv_transfer.kv_connector.factory import KVConnectorFactory
+
+    from lmcache_valkey.plugins import register_all
+    from lmcache_valkey.vllm import register
+
+    register_all()
+    register_all()
+    assert register() is True
+    assert KVConnectorFactory._registry["ValkeyConnector"]().__name__ == "ValkeyConnector"
+    eps = importlib.metadata.entry_points(group="vllm.general_plugins")
+    if not any(ep.value == "lmcache_valkey.plugins:register_all" for ep in eps):
+        pytest.skip("package not installed (in-place build): no entry-point metadata")
