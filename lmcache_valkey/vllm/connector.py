@@ -40,7 +40,8 @@ if TYPE_CHECKING:
     from vllm.v1.kv_cache_interface import KVCacheConfig
     from vllm.v1.request import Request
 
-log = logging.getLogger(__name__)
+# Under "vllm." so that vLLM's own log handler and level apply to our lines.
+log = logging.getLogger("vllm." + __name__)
 
 
 class ValkeyConnector(KVConnectorBase_V1):

