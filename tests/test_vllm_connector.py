@@ -215,3 +215,12 @@ def test_registration_is_idempotent_and_declared_as_entry_point():
     eps = importlib.metadata.entry_points(group="vllm.general_plugins")
     if not any(ep.value == "lmcache_valkey.plugins:register_all" for ep in eps):
         pytest.skip("package not installed (in-place build): no entry-point metadata")
+
+
+def test_hash_stability_rule_matches_vllm():
+    from lmcache_valkey.vllm.config import hash_seed_is_stable
+
+    assert hash_seed_is_stable("sha256", env={})
+    assert hash_seed_is_stable("sha256_cbor", env={})
+    assert not hash_seed_is_stable("xxhash", env={})          # random NONE_HASH per process
+    assert hash_seed_is_stable("xxhash_cbor", env={"PYTHONHASHSEED": "0"})
