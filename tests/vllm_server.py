@@ -46,8 +46,11 @@ class VllmServer:
 
     def __enter__(self) -> VllmServer:
         log = open(self.log_path, "ab")
+        # cwd outside the checkout: its source tree (no compiled _native) must
+        # not shadow the installed package in vLLM's processes.
         self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
-                                     env=self.env, start_new_session=True)
+                                     env=self.env, start_new_session=True,
+                                     cwd=self.log_path.parent)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
