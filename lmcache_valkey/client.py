@@ -441,6 +441,15 @@ class ValkeyClient:
     def ping(self) -> bool:
         return self.execute("PING") == "PONG"
 
+    def connect(self) -> None:
+        """Open every connection now (a PING on each) instead of on first
+        use, so the first batch does not pay for connects and handshakes.
+        Raises what a failed connect raises."""
+        if self.closed:
+            raise ClientClosedError("client is closed")
+        for w in self._workers:
+            w.call(lambda conn: conn.native.execute("PING"))
+
     def close(self) -> None:
         """Stop the workers. Batches still running fail with
         ClientClosedError; none is reported as success."""

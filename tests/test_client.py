@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from lmcache_valkey import BatchResult, CompletionQueue, ConfigError, ValkeyClient
+from lmcache_valkey.errors import ClientClosedError
 
 SIZES = [0, 1, 4096, 4 << 20, (7 << 20) + 3]
 
@@ -263,3 +264,16 @@ def test_execute_and_ping(client: ValkeyClient) -> None:
 def test_repr_names_the_server_without_secrets(server, make_client) -> None:
     c = make_client(server.url, key_prefix="p:")
     assert f"{server.host}:{server.port}" in repr(c) and "p:" in repr(c)
+
+
+def test_connect_opens_every_connection_up_front(server, raw) -> None:
+    c = ValkeyClient(server.url, num_connections=3)
+    try:
+        before = raw.info("clients")["connected_clients"]
+        c.connect()
+        assert raw.info("clients")["connected_clients"] == before + 3
+        assert c.batch_exists(["nope"]) == [False]
+    finally:
+        c.close()
+    with pytest.raises(ClientClosedError):
+        c.connect()

@@ -42,6 +42,9 @@ class VllmServer:
             args += ["--kv-transfer-config", json.dumps(kv_transfer)]
         self.args = args
         self.env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", **(env or {})}
+        # In-process vLLM objects (other tests) set this in our environment; a
+        # shared directory would sum the counters of every server we start.
+        self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> VllmServer:

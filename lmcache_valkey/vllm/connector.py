@@ -16,6 +16,7 @@ multimodal inputs of the whole prefix).
 from __future__ import annotations
 
 import logging
+import threading
 from typing import TYPE_CHECKING, Any
 
 from vllm.distributed.kv_transfer.kv_connector.v1.base import (
@@ -64,6 +65,9 @@ class ValkeyConnector(KVConnectorBase_V1):
         rank = _rank(vllm_config) if role == KVConnectorRole.WORKER else "0.0"
         self._key_base = f"{self.namespace}:{rank}:"
         self._client = self.config.create_client()
+        # Connect in the background: the first lookup/load should not pay for
+        # connects, and vLLM's start-up must not wait on (or fail for) Valkey.
+        threading.Thread(target=self._connect, name="valkey-connect", daemon=True).start()
         if not hash_seed_is_stable(fields["hash_algo"]):
             log.warning("ValkeyConnector: prefix_caching_hash_algo=%s without PYTHONHASHSEED "
                         "gives block hashes that differ in every process: nothing stored "
@@ -78,6 +82,13 @@ class ValkeyConnector(KVConnectorBase_V1):
             self._worker = WorkerSide(self._client, self.key_of)
         log.info("ValkeyConnector (%s): %r, namespace %s", role.name.lower(), self.config,
                  self.namespace)
+
+    def _connect(self) -> None:
+        try:
+            self._client.connect()
+        except Exception as e:
+            log.warning("ValkeyConnector: cannot reach %s yet (serving without external "
+                        "KV until it answers): %s", self.config.client_config.endpoint, e)
 
     def key_of(self, block_hash_hex: str) -> str:
         """Key of a block (the client adds key_prefix)."""

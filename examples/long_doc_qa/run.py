@@ -1,0 +1,576 @@
+#!/usr/bin/env python3
+"""Long-document QA across a vLLM restart: does the KV cache survive?
+
+For each configuration (``none``: no KV connector; ``valkey``: the
+ValkeyConnector on an embedded Valkey; ``example``: vLLM's in-tree
+ExampleConnector on a local folder) this script
+
+1. starts a vLLM OpenAI server (CPU build, float32, block size 32; vLLM's own
+   prefix cache OFF unless ``--prefix-caching``),
+2. runs the warm-up round: N distinct documents of about L tokens, each followed
+   by a short question, as streamed ``/v1/completions`` requests (greedy,
+   ``logprobs=1``),
+3. **restarts the vLLM server** (new processes, empty GPU/CPU KV cache),
+4. runs the query round: the same N prompts again,
+
+measuring time to first token (TTFT, by streaming) and the wall time of each
+round. It then prints a table in the style of LMCache's
+``benchmarks/long_doc_qa``: TTFT per round, the query-round improvement over
+``none``, vLLM's ``external_prefix_cache_hits_total`` after the query round and
+whether the query round's generated tokens and logprobs equal ``none``'s.
+
+    python examples/long_doc_qa/run.py                 # 8 docs x 1200 tokens
+    python examples/long_doc_qa/run.py --num-docs 4    # faster
+
+The model is a local 89M-parameter Llama with random weights
+(``lmcache_valkey.vllm.tiny_llama``), built once into ``--model-dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import os
+import platform
+import re
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:
+    from tqdm import tqdm
+except ImportError:  # pragma: no cover - optional
+    tqdm = None
+
+try:
+    from rich.console import Console
+    from rich.table import Table
+except ImportError:  # pragma: no cover - optional
+    Console = Table = None
+
+DEFAULT_MODEL_DIR = Path.home() / ".cache" / "lmcache_valkey" / "llama-89m"
+QUESTION = "\n\nQuestion: In one sentence, what is this document about?\nAnswer:"
+SERVER_WARMUP_PROMPT = "Hello, this is a short warm-up request."
+ALL_CONFIGS = ("none", "valkey", "example")
+
+
+# ------------------------------------------------------------------ processes
+
+_children: list[subprocess.Popen[bytes]] = []
+_children_lock = threading.Lock()
+
+
+def _kill_group(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """SIGTERM the process group of `proc` (started with its own session), then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    # vLLM's engine core may outlive the API server for a moment; reap the rest of the group.
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _cleanup_children() -> None:
+    with _children_lock:
+        procs = list(_children)
+        _children.clear()
+    for p in procs:
+        _kill_group(p, timeout=10)
+
+
+def _on_signal(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redact(text: str) -> str:
+    """Hide passwords in URLs (valkey://user:pass@host) and password fields."""
+    text = re.sub(r"(://[^:/@\s\"']*:)[^@\s\"']+@", r"\1***@", text)
+    return re.sub(r'("password"\s*:\s*")[^"]*(")', r"\1***\2", text)
+
+
+class VllmServer:
+    """One ``python -m vllm.entrypoints.openai.api_server`` in its own process group."""
+
+    def __init__(self, args: argparse.Namespace, model_dir: Path, port: int,
+                 kv_transfer: dict[str, Any] | None, log_dir: Path, name: str) -> None:
+        self.model = str(model_dir)
+        self.port = port
+        self.name = name
+        self.log_dir = log_dir
+        self.start_timeout = args.start_timeout
+        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+               "--model", self.model, "--port", str(port), "--dtype", "float32",
+               "--block-size", "32", "--max-model-len", str(args.max_model_len),
+               "--enforce-eager"]
+        if not args.prefix_caching:
+            cmd.append("--no-enable-prefix-caching")
+        if kv_transfer is not None:
+            cmd += ["--kv-transfer-config", json.dumps(kv_transfer, separators=(",", ":"))]
+        cmd += shlex.split(args.vllm_args)
+        self.cmd = cmd
+        self.env_extra = {"VLLM_CPU_KVCACHE_SPACE": str(args.kv_cache_space)}
+        if args.reserved_cpus >= 0:
+            # vLLM CPU reserves 1 core for its scheduler, plus 1 more when any KV
+            # connector is configured (meant for NIXL); on a small machine that gives the
+            # connector configurations a different number of compute threads than `none`
+            # (2 cores: 1 thread without a connector, 2 with one). Same for everyone.
+            self.env_extra["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(args.reserved_cpus)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path: Path | None = None
+        self.starts = 0
+
+    def command_line(self) -> str:
+        env = " ".join(f"{k}={v}" for k, v in self.env_extra.items())
+        return redact(env + " " + shlex.join(self.cmd))
+
+    def start(self, phase: str) -> float:
+        self.starts += 1
+        self.log_path = self.log_dir / f"vllm-{self.name}-{phase}.log"
+        log = open(self.log_path, "wb")
+        t0 = time.monotonic()
+        proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, **self.env_extra}, start_new_session=True)
+        log.close()
+        with _children_lock:
+            _children.append(proc)
+        self.proc = proc
+        deadline = t0 + self.start_timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"vLLM ({self.name}) exited with {proc.returncode}; "
+                                   f"log {self.log_path}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2):
+                    return time.monotonic() - t0
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"vLLM ({self.name}) not up after {self.start_timeout} s; "
+                           f"log {self.log_path}:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        _kill_group(self.proc)
+        with _children_lock:
+            if self.proc in _children:
+                _children.remove(self.proc)
+        self.proc = None
+
+    def log_tail(self, n: int = 4000) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")[-n:]
+
+    def metrics(self) -> dict[str, float]:
+        """Prometheus counters/gauges summed over their label sets."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if not line or line.startswith("#"):
+                continue
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            try:
+                out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+            except ValueError:
+                pass
+        return out
+
+
+# ------------------------------------------------------------------ requests
+
+
+@dataclass
+class Result:
+    doc: int
+    ttft: float
+    latency: float
+    text: str = ""
+    tokens: list[str] = field(default_factory=list)
+    logprobs: list[float | None] = field(default_factory=list)
+
+
+def stream_completion(port: int, model: str, prompt: str, max_tokens: int, doc: int,
+                      timeout: float) -> Result:
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+            "logprobs": 1, "stream": True, "ignore_eos": True}
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions",
+                                 data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    t0 = time.perf_counter()
+    ttft: float | None = None
+    res = Result(doc=doc, ttft=0.0, latency=0.0)
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        for raw in r:
+            line = raw.strip()
+            if not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                break
+            chunk = json.loads(data)
+            for choice in chunk.get("choices", []):
+                text = choice.get("text") or ""
+                if text and ttft is None:
+                    ttft = time.perf_counter() - t0
+                res.text += text
+                lp = choice.get("logprobs") or {}
+                res.tokens += lp.get("tokens") or []
+                res.logprobs += lp.get("token_logprobs") or []
+    res.latency = time.perf_counter() - t0
+    res.ttft = ttft if ttft is not None else res.latency
+    return res
+
+
+def run_round(server: VllmServer, prompts: list[str], args: argparse.Namespace,
+              label: str) -> tuple[list[Result], float]:
+    bar = tqdm(total=len(prompts), desc=label, leave=False, unit="req") if tqdm else None
+    t0 = time.perf_counter()
+
+    def one(i: int) -> Result:
+        r = stream_completion(server.port, server.model, prompts[i], args.max_tokens, i,
+                              args.request_timeout)
+        if bar is not None:
+            bar.update(1)
+        return r
+
+    try:
+        if args.concurrency <= 1:
+            results = [one(i) for i in range(len(prompts))]
+        else:
+            with ThreadPoolExecutor(args.concurrency) as pool:
+                results = list(pool.map(one, range(len(prompts))))
+    finally:
+        if bar is not None:
+            bar.close()
+    return results, time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------ configs
+
+
+def kv_transfer_for(name: str, valkey_url: str | None, example_dir: Path) -> dict | None:
+    if name == "none":
+        return None
+    if name == "valkey":
+        return {"kv_connector": "ValkeyConnector", "kv_role": "kv_both",
+                "kv_connector_extra_config": {"url": valkey_url}}
+    if name == "example":
+        return {"kv_connector": "ExampleConnector", "kv_role": "kv_both",
+                "kv_connector_extra_config": {"shared_storage_path": str(example_dir)}}
+    raise ValueError(name)
+
+
+def ensure_model(model_dir: Path) -> Path:
+    if (model_dir / "config.json").exists() and (model_dir / "model.safetensors").exists():
+        print(f"model: reusing {model_dir}")
+        return model_dir
+    from lmcache_valkey.vllm.tiny_llama import BENCH_89M, build_tiny_llama
+
+    print(f"model: building the 89M Llama (random weights) into {model_dir} ...", flush=True)
+    t0 = time.monotonic()
+    build_tiny_llama(model_dir, **BENCH_89M)
+    print(f"model: built in {time.monotonic() - t0:.0f} s")
+    return model_dir
+
+
+def compare(a: list[Result], b: list[Result]) -> tuple[bool, float]:
+    """(same generated tokens for every request, max |logprob difference|)."""
+    same = True
+    max_diff = 0.0
+    for x, y in zip(sorted(a, key=lambda r: r.doc), sorted(b, key=lambda r: r.doc)):
+        if x.tokens != y.tokens or x.text != y.text:
+            same = False
+        for p, q in zip(x.logprobs, y.logprobs):
+            if p is not None and q is not None:
+                max_diff = max(max_diff, abs(p - q))
+    return same and len(a) == len(b), max_diff
+
+
+def summarize(results: list[Result]) -> dict[str, float]:
+    ttfts = [r.ttft for r in results]
+    return {"mean": statistics.fmean(ttfts), "median": statistics.median(ttfts),
+            "min": min(ttfts), "max": max(ttfts)}
+
+
+# ------------------------------------------------------------------ output
+
+
+def fmt_identical(cfg: dict[str, Any], tol: float) -> str:
+    if cfg["name"] == "none":
+        return "(reference)"
+    if cfg.get("identical_tokens") is None:
+        return "n/a"
+    if not cfg["identical_tokens"]:
+        return "NO (tokens differ)"
+    d = cfg["max_logprob_diff"]
+    if d == 0.0:
+        return "yes (bit-exact logprobs)"
+    return f"yes (max Δlogprob {d:.1e})" if d <= tol else f"tokens yes, Δlogprob {d:.1e}"
+
+
+def build_rows(configs: list[dict[str, Any]], tol: float) -> tuple[list[str], list[list[str]]]:
+    header = ["config", "warm-up TTFT mean / median (s)", "query TTFT mean / median (s)",
+              "warm-up round (s)", "query round (s)", "query TTFT vs none", "ext hits",
+              "outputs identical to none"]
+    base = next((c for c in configs if c["name"] == "none"), None)
+    rows = []
+    for c in configs:
+        w, q = c["warmup"]["ttft"], c["query"]["ttft"]
+        if base is not None and c["name"] != "none":
+            ratio = q["mean"] / base["query"]["ttft"]["mean"]
+            imp = f"{ratio * 100:.1f}% ({1 / ratio:.1f}x faster)"
+        else:
+            imp = "-"
+        hits = c.get("ext_hits")
+        rows.append([c["name"], f"{w['mean']:.3f} / {w['median']:.3f}",
+                     f"{q['mean']:.3f} / {q['median']:.3f}",
+                     f"{c['warmup']['round_s']:.2f}", f"{c['query']['round_s']:.2f}", imp,
+                     "-" if hits is None else f"{hits:.0f}", fmt_identical(c, tol)])
+    return header, rows
+
+
+def print_table(configs: list[dict[str, Any]], title: str, tol: float) -> None:
+    header, rows = build_rows(configs, tol)
+    if Console is not None:
+        table = Table(title=title)
+        for h in header:
+            table.add_column(h, justify="left" if h in ("config",) else "right")
+        for r in rows:
+            table.add_row(*r)
+        Console(width=200).print(table)
+        return
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    print(title)
+    print(" | ".join(h.ljust(w) for h, w in zip(header, widths)))
+    print("-+-".join("-" * w for w in widths))
+    for r in rows:
+        print(" | ".join(v.ljust(w) for v, w in zip(r, widths)))
+
+
+def markdown_table(configs: list[dict[str, Any]], tol: float) -> str:
+    header, rows = build_rows(configs, tol)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Long-document QA TTFT across a vLLM server restart: no connector vs "
+                    "the ValkeyConnector vs vLLM's ExampleConnector (CPU, float32, "
+                    "89M Llama with random weights).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--configs", default="none,valkey,example",
+                   help=f"comma-separated subset of {','.join(ALL_CONFIGS)}")
+    p.add_argument("--num-docs", type=int, default=8, help="documents per round")
+    p.add_argument("--doc-tokens", type=int, default=1200,
+                   help="tokens per document (BOS included; the question adds ~15)")
+    p.add_argument("--max-tokens", type=int, default=8, help="tokens generated per request")
+    p.add_argument("--concurrency", type=int, default=1,
+                   help="requests in flight at once (1: sequential)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic documents")
+    p.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR,
+                   help="where the 89M model is built (reused if present)")
+    p.add_argument("--prefix-caching", action=argparse.BooleanOptionalAction, default=False,
+                   help="vLLM's own (in-memory) prefix caching; off by default so that only "
+                        "a KV connector can make the query round faster")
+    p.add_argument("--server-warmup", action=argparse.BooleanOptionalAction, default=True,
+                   help="after every server start, send one short (< 1 block) request "
+                        "so one-off first-request costs are not counted in the first "
+                        "document's TTFT")
+    p.add_argument("--max-model-len", type=int, default=4096)
+    p.add_argument("--kv-cache-space", type=int, default=1,
+                   help="VLLM_CPU_KVCACHE_SPACE (GiB)")
+    p.add_argument("--reserved-cpus", type=int, default=1,
+                   help="VLLM_CPU_NUM_OF_RESERVED_CPU for every server, so that all "
+                        "configurations get the same OpenMP compute threads (vLLM would "
+                        "otherwise reserve one more core when a KV connector is set); "
+                        "-1: leave vLLM's per-configuration default")
+    p.add_argument("--vllm-args", default="", help="extra arguments for every vLLM server")
+    p.add_argument("--valkey-url", default=None,
+                   help="use this Valkey instead of starting an embedded one (its keys are "
+                        "not flushed: use a fresh server or key_prefix)")
+    p.add_argument("--log-dir", type=Path, default=None,
+                   help="vLLM server logs (default: a new temporary folder, kept)")
+    p.add_argument("--start-timeout", type=float, default=300.0, help="seconds per start")
+    p.add_argument("--request-timeout", type=float, default=600.0)
+    p.add_argument("--logprob-tolerance", type=float, default=1e-4,
+                   help="max |Δlogprob| still reported as identical")
+    p.add_argument("--json", type=Path, default=None, help="write raw figures here")
+    args = p.parse_args(argv)
+    args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    bad = [c for c in args.configs if c not in ALL_CONFIGS]
+    if bad or not args.configs:
+        p.error(f"--configs: unknown {bad}; choose from {ALL_CONFIGS}")
+    if args.num_docs < 1 or args.doc_tokens < 8 or args.max_tokens < 1 or args.concurrency < 1:
+        p.error("need --num-docs >= 1, --doc-tokens >= 8, --max-tokens >= 1, --concurrency >= 1")
+    return args
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        from importlib.metadata import version
+
+        vllm_v = version("vllm-cpu")
+    except Exception:
+        try:
+            import importlib.metadata as md
+
+            vllm_v = md.version("vllm")
+        except Exception:
+            vllm_v = "?"
+    return f"{os.cpu_count()} vCPU ({cpu}), no GPU, vllm-cpu {vllm_v}, Python {platform.python_version()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_signal)
+    atexit.register(_cleanup_children)
+    log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="long-doc-qa-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    example_dir = Path(tempfile.mkdtemp(prefix="long-doc-qa-example-kv-"))
+
+    print(f"machine: {machine_description()}")
+    model_dir = ensure_model(args.model_dir.expanduser())
+
+    from lmcache_valkey.vllm.tiny_llama import load_tokenizer, synthetic_documents
+
+    docs = synthetic_documents(args.num_docs, args.doc_tokens, seed=args.seed,
+                               tokenizer=model_dir)
+    prompts = [d + QUESTION for d in docs]
+    tok = load_tokenizer(model_dir)
+    prompt_tokens = [len(tok.encode(p).ids) for p in prompts]  # BOS included
+    print(f"workload: {args.num_docs} documents, {min(prompt_tokens)}-{max(prompt_tokens)} "
+          f"prompt tokens each (~{statistics.fmean(prompt_tokens) / 32:.1f} blocks of 32), "
+          f"max_tokens={args.max_tokens}, concurrency={args.concurrency}, "
+          f"vLLM prefix caching {'ON' if args.prefix_caching else 'OFF'}")
+    print(f"logs: {log_dir}")
+
+    valkey_ctx = None
+    valkey_url = args.valkey_url
+    if "valkey" in args.configs and valkey_url is None:
+        from lmcache_valkey import EmbeddedValkey
+
+        valkey_ctx = EmbeddedValkey()
+        valkey_url = valkey_ctx.__enter__().url
+        print(f"valkey: embedded server at {redact(valkey_url)}")
+
+    port = free_port()
+    servers = {name: VllmServer(args, model_dir, port,
+                                kv_transfer_for(name, valkey_url, example_dir / name),
+                                log_dir, name)
+               for name in args.configs}
+    print("vLLM commands (each started, restarted once, stopped, in turn):")
+    for name, s in servers.items():
+        print(f"  [{name}] {s.command_line()}")
+    print(flush=True)
+
+    out: dict[str, Any] = {
+        "machine": machine_description(), "argv": sys.argv, "args": {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "prompt_tokens": prompt_tokens, "question": QUESTION, "configs": []}
+    results_by_cfg: dict[str, list[Result]] = {}
+    try:
+        for name, server in servers.items():
+            cfg: dict[str, Any] = {"name": name, "command": server.command_line()}
+            for phase in ("warmup", "query"):
+                up = server.start(phase)
+                print(f"[{name}] vLLM up in {up:.0f} s ({phase} round)", flush=True)
+                if args.server_warmup:
+                    stream_completion(server.port, server.model, SERVER_WARMUP_PROMPT, 2, -1,
+                                      args.request_timeout)
+                before = server.metrics()
+                results, wall = run_round(server, prompts, args, f"{name} {phase}")
+                after = server.metrics()
+                server.stop()
+                stats = summarize(results)
+                print(f"[{name}] {phase}: TTFT mean {stats['mean']:.3f} s, median "
+                      f"{stats['median']:.3f} s, round {wall:.2f} s", flush=True)
+                delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in (
+                    "vllm:external_prefix_cache_hits_total",
+                    "vllm:external_prefix_cache_queries_total",
+                    "vllm:prefix_cache_hits_total", "vllm:prompt_tokens_total")}
+                cfg[phase] = {"ttft": stats, "round_s": wall, "server_start_s": up,
+                              "metrics_delta": delta, "log": str(server.log_path),
+                              "requests": [asdict(r) for r in results]}
+                if phase == "query":
+                    cfg["ext_hits"] = after.get("vllm:external_prefix_cache_hits_total")
+                    cfg["ext_queries"] = after.get("vllm:external_prefix_cache_queries_total")
+                    results_by_cfg[name] = results
+            if name != "none" and "none" in results_by_cfg:
+                same, diff = compare(results_by_cfg["none"], results_by_cfg[name])
+                cfg["identical_tokens"], cfg["max_logprob_diff"] = same, diff
+            out["configs"].append(cfg)
+        # "none" may run after the others: fill in the comparison late.
+        for cfg in out["configs"]:
+            if cfg["name"] != "none" and "identical_tokens" not in cfg and "none" in results_by_cfg:
+                same, diff = compare(results_by_cfg["none"], results_by_cfg[cfg["name"]])
+                cfg["identical_tokens"], cfg["max_logprob_diff"] = same, diff
+    except KeyboardInterrupt:
+        print("\ninterrupted; stopping servers", file=sys.stderr)
+        return 130
+    finally:
+        for s in servers.values():
+            s.stop()
+        _cleanup_children()
+        if valkey_ctx is not None:
+            valkey_ctx.__exit__(None, None, None)
+
+    title = (f"long_doc_qa: {args.num_docs} docs x ~{args.doc_tokens} tokens, "
+             f"max_tokens {args.max_tokens}, vLLM restarted between rounds")
+    print()
+    print_table(out["configs"], title, args.logprob_tolerance)
+    print("\nmarkdown:\n" + markdown_table(out["configs"], args.logprob_tolerance))
+    if args.json is not None:
+        args.json.write_text(json.dumps(out, indent=1))
+        print(f"\nraw figures: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
