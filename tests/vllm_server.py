@@ -69,12 +69,16 @@ class VllmServer:
     def __exit__(self, *exc: Any) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.terminate()  # the API server shuts its engine and workers down
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+            pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # whatever is left of the group
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
 
     def log_tail(self, n: int = 6000) -> str:
         return self.log_path.read_text(errors="replace")[-n:]
