@@ -21,6 +21,9 @@ from .errors import ConfigError
 DEFAULT_PORT = 6379
 _TCP_SCHEMES = ("valkey", "redis")
 _TLS_SCHEMES = ("valkeys", "rediss")
+_CLUSTER_SUFFIX = "+cluster"  # valkey+cluster://h:p[,h:p...] and the TLS forms
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 
 
 class Secret:
@@ -74,6 +77,18 @@ class ClientConfig:
     socket_buffer_bytes: int | None = None
     reconnect_backoff_s: float = 0.05
     reconnect_backoff_max_s: float = 2.0
+    # Valkey Cluster: seed nodes (host, port); host/port above is the first.
+    cluster: bool = False
+    cluster_nodes: tuple[tuple[str, int], ...] = ()
+    read_from_replicas: bool = False
+    topology_refresh_s: float = 30.0
+    # TLS (valkeys:// / rediss://). Without a CA file the system store is used.
+    tls: bool = False
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_server_name: str | None = None  # name checked against the certificate
+    tls_check_hostname: bool = True
 
     # -- construction ------------------------------------------------------
 
@@ -115,6 +130,17 @@ class ClientConfig:
             raise ConfigError("max_bulk_len and max_inflight_bytes must be >= 1")
         if self.host and self.unix_path:
             raise ConfigError("give either a host or a unix socket path, not both")
+        if self.topology_refresh_s <= 0:
+            raise ConfigError("topology_refresh_s must be > 0")
+        if self.unix_path and (self.cluster or self.tls):
+            raise ConfigError("cluster and TLS need a TCP address, not a unix socket")
+        if self.cluster and self.embedded:
+            raise ConfigError("cluster mode needs at least one seed node "
+                              "(valkey+cluster://host:port[,host:port...])")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ConfigError("tls_cert_file and tls_key_file go together")
+        if not self.tls and any((self.tls_ca_file, self.tls_cert_file, self.tls_server_name)):
+            raise ConfigError("TLS options given but TLS is off: use valkeys:// or tls=true")
 
     # -- derived -----------------------------------------------------------
 
@@ -134,8 +160,7 @@ class ClientConfig:
             return f"unix:{self.unix_path}"
         if self.host is None:
             return "embedded"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return _endpoint(self.host, self.port)
 
     def redacted_url(self) -> str:
         if self.unix_path:
@@ -143,16 +168,40 @@ class ClientConfig:
         auth = ""
         if self.username or self.password:
             auth = f"{'***' if self.username else ''}{':***' if self.password else ''}@"
-        return f"valkey://{auth}{self.endpoint}/{self.db}"
+        scheme = ("valkeys" if self.tls else "valkey") + (_CLUSTER_SUFFIX if self.cluster else "")
+        where = self.endpoint
+        if self.cluster and len(self.cluster_nodes) > 1:
+            where = ",".join(_endpoint(h, p) for h, p in self.cluster_nodes)
+        return f"{scheme}://{auth}{where}/{self.db}"
 
-    def with_endpoint(self, host: str | None, port: int, unix_path: str | None = None) -> ClientConfig:
+    def with_endpoint(self, host: str | None, port: int,
+                      unix_path: str | None = None) -> ClientConfig:
         return dataclasses.replace(self, host=host, port=port, unix_path=unix_path)
+
+    def for_node(self, host: str, port: int) -> ClientConfig:
+        """The same options aimed at one node of a cluster (a plain,
+        non-cluster config: the node's own client does no routing)."""
+        return dataclasses.replace(self, host=host, port=port, unix_path=None, cluster=False,
+                                   cluster_nodes=())
+
+
+def _endpoint(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 _OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(ClientConfig))
 
 
+_QUERY_OPTIONS = ("db", "cluster", "read_from_replicas", "tls", "tls_ca_file", "tls_cert_file",
+                  "tls_key_file", "tls_server_name", "tls_check_hostname")
+
+
 def _parse_url(url: str) -> dict[str, Any]:
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    seeds: list[tuple[str, int]] = []
+    if scheme.endswith(_CLUSTER_SUFFIX):
+        # urlsplit reads one host:port; take the seed list out first.
+        url, seeds = _split_seed_nodes(url)
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -160,13 +209,19 @@ def _parse_url(url: str) -> dict[str, Any]:
         raise ConfigError(f"malformed server URL: {e}") from None
     scheme = parts.scheme.lower()
     out: dict[str, Any] = {}
+    if scheme.endswith(_CLUSTER_SUFFIX):
+        scheme = scheme[:-len(_CLUSTER_SUFFIX)]
+        out["cluster"] = True
     if parts.username:
         out["username"] = unquote(parts.username)
     if parts.password is not None:
         out["password"] = unquote(parts.password)
     query = dict(q.split("=", 1) for q in parts.query.split("&") if "=" in q)
-    if "db" in query:
-        out["db"] = query["db"]
+    unknown = set(query) - set(_QUERY_OPTIONS)
+    if unknown:
+        raise ConfigError(f"unknown URL parameter(s) {sorted(unknown)}; "
+                          f"valid ones are {list(_QUERY_OPTIONS)}")
+    out.update({k: unquote(v) for k, v in query.items()})
     if scheme == "unix":
         if not parts.path:
             raise ConfigError("unix:// URL needs a socket path, e.g. unix:///run/valkey.sock")
@@ -174,19 +229,43 @@ def _parse_url(url: str) -> dict[str, Any]:
         out["host"] = None
         return out
     if scheme in _TLS_SCHEMES:
-        raise ConfigError(f"{scheme}:// (TLS) is not supported yet; use valkey:// or unix://")
-    if scheme not in _TCP_SCHEMES:
+        out["tls"] = True
+    elif scheme not in _TCP_SCHEMES:
         raise ConfigError(
-            f"unsupported URL scheme {scheme!r}: use valkey://, redis:// or unix://"
+            f"unsupported URL scheme {parts.scheme!r}: use valkey://, valkeys:// (TLS), "
+            "valkey+cluster://, redis:// variants of those, or unix://"
         )
     if not parts.hostname:
         raise ConfigError("server URL needs a host, e.g. valkey://127.0.0.1:6379")
     out["host"] = parts.hostname
     out["port"] = port or DEFAULT_PORT
+    if seeds:
+        out["cluster_nodes"] = tuple(seeds)
     path = parts.path.strip("/")
     if path:
         out["db"] = path
     return out
+
+
+def _split_seed_nodes(url: str) -> tuple[str, list[tuple[str, int]]]:
+    """valkey+cluster://[auth@]h1:p1,h2:p2/... -> (URL with h1:p1 only, seeds)."""
+    scheme, rest = url.split("://", 1)
+    netloc, sep, tail = rest.partition("/")
+    if "?" in netloc:  # no path: the query follows the hosts directly
+        netloc, _, tail = netloc.partition("?")
+        sep = ""
+    auth, at, hosts = netloc.rpartition("@")
+    seeds = []
+    for hp in hosts.split(","):
+        try:
+            p = urlsplit(f"//{hp}")
+            seeds.append((p.hostname or "", p.port or DEFAULT_PORT))
+        except ValueError as e:
+            raise ConfigError(f"malformed cluster node {hp!r}: {e}") from None
+        if not p.hostname:
+            raise ConfigError(f"malformed cluster node {hp!r}: no host")
+    first = hosts.split(",")[0]
+    return f"{scheme}://{auth}{at}{first}{sep or ('?' if tail else '')}{tail}", seeds
 
 
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
@@ -215,6 +294,19 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
                  "reconnect_backoff_max_s"):
         if out.get(name) is not None:
             out[name] = _as_number(name, out[name], float)
+    for name in ("topology_refresh_s",):
+        if out.get(name) is not None:
+            out[name] = _as_number(name, out[name], float)
+    for name in ("cluster", "read_from_replicas", "tls", "tls_check_hostname"):
+        if out.get(name) is not None:
+            out[name] = _as_bool(name, out[name])
+    nodes = out.get("cluster_nodes")
+    if nodes is not None:
+        out["cluster_nodes"] = tuple((str(h), _as_number("cluster_nodes port", p, int))
+                                     for h, p in nodes)
+    if out.get("cluster") and out.get("host") and not out.get("cluster_nodes"):
+        port = _as_number("port", out.get("port", DEFAULT_PORT), int)
+        out["cluster_nodes"] = ((out["host"], port),)
     prefix = out.get("key_prefix")
     if isinstance(prefix, str):
         out["key_prefix"] = prefix.encode()
@@ -224,6 +316,17 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
     if password is not None and not isinstance(password, Secret):
         out["password"] = Secret(str(password))
     return out
+
+
+def _as_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigError(f"{name} must be true or false, not {value!r}")
 
 
 def _as_number(name: str, value: Any, kind: type) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 
 import pytest
@@ -58,9 +59,28 @@ def test_options_are_typed_from_strings() -> None:
     assert (c.ttl_s, c.num_connections, c.key_prefix, c.ttl_ms) == (30.0, 4, b"kv:", 30_000)
 
 
+def test_cluster_and_tls_urls() -> None:
+    c = cfg("valkey+cluster://u:pw@a:1,[::1]:2/0?read_from_replicas=yes")
+    assert (c.cluster, c.cluster_nodes, c.host, c.port) == (True, (("a", 1), ("::1", 2)), "a", 1)
+    assert c.read_from_replicas and not c.tls
+    assert c.redacted_url() == "valkey+cluster://***:***@a:1,[::1]:2/0"
+    assert c.for_node("b", 7) == dataclasses.replace(c, host="b", port=7, cluster=False,
+                                                     cluster_nodes=())
+    t = cfg("rediss://h:6380?tls_ca_file=/ca.pem&tls_server_name=valkey.internal")
+    assert (t.tls, t.tls_ca_file, t.tls_server_name, t.tls_check_hostname) == \
+        (True, "/ca.pem", "valkey.internal", True)
+    assert cfg("valkeys+cluster://h:1?tls_check_hostname=no").tls_check_hostname is False
+    assert cfg("valkey://h:1?cluster=true").cluster_nodes == (("h", 1),)
+
+
 @pytest.mark.parametrize("url, options, message", [
     ("http://h", {}, "unsupported URL scheme 'http'"),
-    ("valkeys://h", {}, "TLS"),
+    ("valkey://h?tls_ca_file=/ca.pem", {}, "TLS options given but TLS is off"),
+    ("valkeys://h", {"tls_cert_file": "c.pem"}, "tls_cert_file and tls_key_file go together"),
+    ("valkey://h?colour=red", {}, "unknown URL parameter"),
+    ("valkey://h?cluster=maybe", {}, "cluster must be true or false"),
+    ("valkey+cluster://a:1,:2", {}, "malformed cluster node"),
+    ("unix:///s.sock?cluster=1", {}, "need a TCP address"),
     ("unix://", {}, "socket path"),
     ("valkey://h:99999", {}, "malformed server URL"),
     ("valkey://h", {"num_connections": 0}, "num_connections must be >= 1"),
