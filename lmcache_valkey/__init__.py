@@ -2,10 +2,12 @@
 
 Batched GET/SET/EXISTS of large values that are received straight into the
 caller's buffers (bytearray, numpy, pinned torch tensors, scatter lists) by a
-Cython loop that runs whole batches without the GIL.
+Cython loop that runs whole batches without the GIL. ``open_client(url)``
+returns a ValkeyClient, or a ValkeyClusterClient for a cluster URL.
 """
 
 from .client import BatchResult, ValkeyClient
+from .cluster import ValkeyClusterClient
 from .completion import CompletionQueue
 from .config import ClientConfig
 from .embedded import EmbeddedValkey
@@ -15,10 +17,12 @@ from .errors import (
     ConfigError,
     ProtocolError,
     ServerReplyError,
+    TlsError,
     ValkeyConnectionError,
     ValkeyError,
     ValkeyTimeoutError,
 )
+from .factory import open_client
 
 __version__ = "0.1.0"
 
@@ -32,9 +36,12 @@ __all__ = [
     "EmbeddedValkey",
     "ProtocolError",
     "ServerReplyError",
+    "TlsError",
     "ValkeyClient",
+    "ValkeyClusterClient",
     "ValkeyConnectionError",
     "ValkeyError",
     "ValkeyTimeoutError",
     "__version__",
+    "open_client",
 ]

@@ -76,6 +76,9 @@ def _server(url: str | None) -> Iterator[tuple[str | None, int | None, str | Non
     from .config import ClientConfig
 
     config = ClientConfig.from_options(url)
+    if config.cluster or config.tls:  # our client takes the URL itself
+        yield config.host, config.port, None, config.redacted_url()
+        return
     if not config.embedded:
         yield config.host, config.port, config.unix_path, config.endpoint
         return
@@ -115,6 +118,37 @@ def _open_clients(names: list[str] | None, host: str | None, port: int | None,
                     continue
             log(f"  skipping {name}: {reason}")
     return clients
+
+
+def _open_url_clients(names: list[str] | None, url: str, num_connections: int,
+                      log: Any) -> list[BenchClient]:
+    """Against a cluster or over TLS only our client runs (the peers'
+    cluster and TLS set-ups differ by product); the others are skipped with
+    a note. `examples/tls/bench_tls.py` compares TLS peers."""
+    from .bench_peers import Ours
+
+    known = [cls.name for cls in all_peers()]
+    unknown = set(names or ()) - set(known)
+    if unknown:
+        raise ValueError(f"unknown client(s) {sorted(unknown)}; known here: {known}")
+    for name in names or known:
+        if name != Ours.name:
+            log(f"  skipping {name}: cluster and TLS URLs are measured with ours only")
+    if names and Ours.name not in names:
+        return []
+    return [Ours(None, None, None, num_connections, url=url)]
+
+
+def _cluster_spread(client: BenchClient, keys: int, value_sizes: list[int]) -> dict[str, Any]:
+    """Keys and bytes each primary got, per value size (the bench's key names)."""
+    cluster = client._client  # type: ignore[attr-defined]
+    names = [f"lmcache-valkey-bench:{os.getpid()}:{i}".encode() for i in range(keys)]
+    per_node: dict[str, int] = {}
+    for name in names:
+        node = cluster.node_of(name)
+        per_node[node] = per_node.get(node, 0) + 1
+    return {node: {"keys": n, "bytes": {str(v): n * v for v in value_sizes}}
+            for node, n in sorted(per_node.items())}
 
 
 # -- measuring ----------------------------------------------------------------
@@ -169,10 +203,19 @@ def run_bench(url: str | None, *, value_sizes: list[int], keys: int, exists_keys
               rounds: int, warmup: int, num_connections: int,
               clients: list[str] | None = None, show_progress: bool = True) -> dict[str, Any]:
     log = (lambda msg: print(msg, file=sys.stderr)) if show_progress else (lambda msg: None)
+    from .config import ClientConfig
+
+    config = ClientConfig.from_options(url)
+    direct_url = url if config.cluster or config.tls else None
+    cluster_url = url if config.cluster else None
+    spread: dict[str, Any] = {}
     with _server(url) as (host, port, unix_path, where):
         # Our client first: an unreachable server is one clear error naming it.
-        version = _server_version(host, port, unix_path)
-        opened = _open_clients(clients, host, port, unix_path, num_connections, log)
+        version = _server_version(host, port, unix_path, direct_url)
+        if direct_url:
+            opened = _open_url_clients(clients, direct_url, num_connections, log)
+        else:
+            opened = _open_clients(clients, host, port, unix_path, num_connections, log)
         if not opened:
             raise RuntimeError("no client to measure")
         try:
@@ -180,6 +223,8 @@ def run_bench(url: str | None, *, value_sizes: list[int], keys: int, exists_keys
             with _progress_bar(len(value_sizes) * (warmup + rounds), show_progress) as tick:
                 for size in value_sizes:
                     figures += _measure_size(opened, size, keys, exists_keys, rounds, warmup, tick)
+            if cluster_url:
+                spread = _cluster_spread(opened[0], keys, value_sizes)
         finally:
             for c in opened:
                 c.close()
@@ -191,6 +236,7 @@ def run_bench(url: str | None, *, value_sizes: list[int], keys: int, exists_keys
         "clients": [c.name for c in opened],
         "verified": True,
         "results": [asdict(f) for f in figures],
+        **({"cluster_spread": spread} if cluster_url else {}),
     }
 
 
@@ -214,11 +260,13 @@ def _progress_bar(total: int, enabled: bool) -> Iterator[Any]:
         yield lambda: bar.update(1)
 
 
-def _server_version(host: str | None, port: int | None, unix_path: str | None) -> str:
-    from .client import ValkeyClient
+def _server_version(host: str | None, port: int | None, unix_path: str | None,
+                    direct_url: str | None = None) -> str:
+    from .factory import open_client
 
-    url = f"unix://{unix_path}" if unix_path and not host else f"valkey://{host}:{port}"
-    with ValkeyClient(url, num_connections=1) as c:
+    url = direct_url or (f"unix://{unix_path}" if unix_path and not host
+                          else f"valkey://{host}:{port}")
+    with open_client(url, num_connections=1) as c:
         info = c.execute("INFO", "server").decode(errors="replace")
     fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
     return fields.get("valkey_version") or fields.get("redis_version", "?")
@@ -249,6 +297,12 @@ def format_table(report: dict[str, Any]) -> str:
     blocks: dict[tuple[int, int, str], list[dict[str, Any]]] = {}
     for r in rows:
         blocks.setdefault((r["sweep_bytes"], OPS.index(r["op"]), r["op"]), []).append(r)
+    spread = report.get("cluster_spread")
+    if spread:
+        total = sum(v["keys"] for v in spread.values()) or 1
+        lines.append("cluster spread (keys per primary): " + ", ".join(
+            f"{node} {v['keys']} ({100 * v['keys'] / total:.0f}%)"
+            for node, v in spread.items()))
     for (_, _, op), block in sorted(blocks.items()):
         lines += ["", f"{'size':>9} {'op':<6} {'client':<16} {'GB/s':>7} {'ops/s':>9} "
                       f"{'p50 ms':>8} {'p99 ms':>8} {'CPU s/GB':>9} {'ours/this':>9}"]

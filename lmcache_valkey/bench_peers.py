@@ -107,13 +107,18 @@ class Ours(BenchClient):
     name = "ours"
 
     def __init__(self, host: str | None, port: int | None, unix_path: str | None,
-                 num_connections: int) -> None:
-        super().__init__(host, port, unix_path, num_connections)
-        from .client import ValkeyClient
+                 num_connections: int, *, url: str | None = None) -> None:
+        """`url` (a cluster URL, say) replaces host/port/unix_path."""
+        from .factory import open_client
 
-        url = f"valkey://{host}:{port}" if self.tcp else f"unix://{unix_path}"
-        self._client = ValkeyClient(url, num_connections=num_connections,
-                                    op_timeout_s=_TIMEOUT_S)
+        if url is None:
+            super().__init__(host, port, unix_path, num_connections)
+            url = f"valkey://{host}:{port}" if self.tcp else f"unix://{unix_path}"
+        else:
+            self.host, self.port, self.unix_path = host, port, unix_path
+            self.num_connections = num_connections
+        self._client = open_client(url, num_connections=num_connections,
+                                   op_timeout_s=_TIMEOUT_S)
 
     def set(self, keys: list[bytes], values: list[np.ndarray]) -> None:
         _check_stored(self.name, keys, self._client.batch_set(keys, values))

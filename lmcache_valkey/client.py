@@ -20,14 +20,21 @@ import time
 import weakref
 from collections.abc import Sequence
 from concurrent.futures import Future
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from .buffers import Buffer, as_native_buffer, buffer_nbytes
 from .completion import CompletionQueue
 from .config import ClientConfig
 from .connection import Connection, open_connection
 from .embedded import EmbeddedValkey
-from .errors import ClientClosedError, ConfigError, ServerReplyError, ValkeyConnectionError
+from .errors import (
+    AuthenticationError,
+    ClientClosedError,
+    ConfigError,
+    ServerReplyError,
+    ValkeyConnectionError,
+    ValkeyError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,15 +105,22 @@ class _Job:
             self.remaining -= 1
             if self.remaining:
                 return
-        result = BatchResult(self.values, self.errors, self.too_large)
-        if self.exc is not None:
-            if isinstance(self.exc, ValkeyConnectionError):
-                self.exc.partial = result
-            self.future.set_exception(self.exc)
-        else:
-            self.future.set_result(result)
-        if self.completion is not None:
-            self.completion.put(self.future, self.token)
+        resolve(self.future, BatchResult(self.values, self.errors, self.too_large), self.exc,
+                self.completion, self.token)
+
+
+def resolve(future: Future[BatchResult], result: BatchResult, exc: BaseException | None,
+            completion: CompletionQueue | None, token: Any) -> None:
+    """Finish a batch's future (a connection error carries the per-key
+    results as ``partial``), then announce it on `completion`."""
+    if exc is not None:
+        if isinstance(exc, ValkeyConnectionError):
+            exc.partial = result
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+    if completion is not None:
+        completion.put(future, token)
 
 
 class _Tile:
@@ -139,6 +153,7 @@ class _Worker:
         self._backoff = 0.0
         self._retry_at = 0.0
         self._last_error: str = ""
+        self._last_error_type: type[ValkeyError] = ValkeyConnectionError
         self._failed_epoch = -1
         self._thread = threading.Thread(
             target=self._loop, name=f"lmcache-valkey-{index}", daemon=True)
@@ -160,12 +175,24 @@ class _Worker:
             return self._conn
         now = time.monotonic()
         if now < self._retry_at and self._failed_epoch == self._client._connect_epoch:
-            raise ValkeyConnectionError(
+            # Same error class as the failed attempt: wrong credentials stay an
+            # AuthenticationError, without another AUTH reaching the server.
+            raise self._last_error_type(
                 f"{self._config.endpoint}: not connected ({self._last_error}); "
                 f"next attempt in {self._retry_at - now:.2f}s")
         try:
-            self._conn = open_connection(self._config)
-        except ValkeyConnectionError as e:
+            conn = open_connection(self._config)
+            try:
+                for command in self._client._on_connect:  # e.g. READONLY on a replica
+                    conn.native.execute(*command)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        except (ValkeyConnectionError, AuthenticationError) as e:
+            # Refused credentials back off too: no storm of AUTHs while every
+            # batch of a misconfigured deployment fails.
+            self._last_error_type = type(e)
             self._backoff = min(max(self._backoff * 2, self._config.reconnect_backoff_s),
                                 self._config.reconnect_backoff_max_s)
             self._retry_at = time.monotonic() + self._backoff
@@ -218,6 +245,11 @@ class _Worker:
 
     def call(self, fn: Callable[[Connection], Any]) -> Any:
         """Run fn(connection) on this worker's thread; return its result."""
+        return self.submit_call(fn).result()
+
+    def submit_call(self, fn: Callable[[Connection], Any]) -> Future[Any]:
+        """Queue fn(connection) on this worker's thread (after the tiles
+        already queued); its result or exception lands in the future."""
         fut: Future[Any] = Future()
 
         def run() -> None:
@@ -230,7 +262,7 @@ class _Worker:
                 fut.set_exception(e)
 
         self.submit(run)
-        return fut.result()
+        return fut
 
 
 def _split(sizes: Sequence[int], parts: int) -> list[tuple[int, int]]:
@@ -251,17 +283,146 @@ def _split(sizes: Sequence[int], parts: int) -> list[tuple[int, int]]:
     return ranges
 
 
-class ValkeyClient:
+_C = TypeVar("_C", bound="BatchClientBase")
+
+
+class BatchClientBase:
+    """What ValkeyClient and ValkeyClusterClient share: the blocking and
+    asyncio forms of the batch calls, built on the ``submit_*`` methods a
+    subclass defines, and the context managers (which call ``close``)."""
+
+    _loop_queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CompletionQueue]
+
+    def submit_batch_get_into(self, keys: Sequence[Key], buffers: Sequence[Buffer], *,
+                              completion: CompletionQueue | None = None,
+                              token: Any = None) -> Future[BatchResult]:
+        raise NotImplementedError
+
+    def submit_batch_set(self, keys: Sequence[Key], buffers: Sequence[Buffer], *,
+                         completion: CompletionQueue | None = None,
+                         token: Any = None) -> Future[BatchResult]:
+        raise NotImplementedError
+
+    def submit_batch_exists(self, keys: Sequence[Key], *, refresh_ttl: bool = False,
+                            completion: CompletionQueue | None = None,
+                            token: Any = None) -> Future[BatchResult]:
+        raise NotImplementedError
+
+    def submit_batch_delete(self, keys: Sequence[Key], *,
+                            completion: CompletionQueue | None = None,
+                            token: Any = None) -> Future[BatchResult]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    # -- blocking ----------------------------------------------------------
+
+    def batch_get_into(self, keys: Sequence[Key], buffers: Sequence[Buffer]) -> BatchResult:
+        """Bytes written per key; ``None`` for a miss, an error, or a value
+        that does not fit its buffer (see ``errors`` / ``too_large``)."""
+        return self.submit_batch_get_into(keys, buffers).result()
+
+    def batch_set(self, keys: Sequence[Key], buffers: Sequence[Buffer]) -> BatchResult:
+        """``True`` per stored key (with the configured TTL)."""
+        return self.submit_batch_set(keys, buffers).result()
+
+    def batch_exists(self, keys: Sequence[Key], *, refresh_ttl: bool = False) -> BatchResult:
+        return self.submit_batch_exists(keys, refresh_ttl=refresh_ttl).result()
+
+    def batch_delete(self, keys: Sequence[Key]) -> BatchResult:
+        """Number of keys removed per key (1 or 0)."""
+        return self.submit_batch_delete(keys).result()
+
+    # -- asyncio -----------------------------------------------------------
+
+    def _loop_queue(self, loop: asyncio.AbstractEventLoop) -> CompletionQueue:
+        q = self._loop_queues.get(loop)
+        if q is None:
+            q = CompletionQueue()
+            loop.add_reader(q.fileno(), self._on_loop_completions, q)
+            self._loop_queues[loop] = q
+        return q
+
+    @staticmethod
+    def _on_loop_completions(q: CompletionQueue) -> None:
+        for fut, afut in q.drain():
+            if afut.done():  # the awaiting task was cancelled
+                continue
+            exc = fut.exception()
+            if exc is not None:
+                afut.set_exception(exc)
+            else:
+                afut.set_result(fut.result())
+
+    async def _await(self, submit: Callable[..., Future[BatchResult]], *args: Any) -> BatchResult:
+        loop = asyncio.get_running_loop()
+        afut: asyncio.Future[BatchResult] = loop.create_future()
+        submit(*args, completion=self._loop_queue(loop), token=afut)
+        return await afut
+
+    async def abatch_get_into(self, keys: Sequence[Key], buffers: Sequence[Buffer]) -> BatchResult:
+        """asyncio form of :meth:`batch_get_into`. Cancelling the await does
+        not stop the transfer: keep the buffers untouched until it ends."""
+        return await self._await(self.submit_batch_get_into, keys, buffers)
+
+    async def abatch_set(self, keys: Sequence[Key], buffers: Sequence[Buffer]) -> BatchResult:
+        return await self._await(self.submit_batch_set, keys, buffers)
+
+    async def abatch_exists(self, keys: Sequence[Key], *,
+                            refresh_ttl: bool = False) -> BatchResult:
+        return await self._await(functools.partial(self.submit_batch_exists,
+                                                   refresh_ttl=refresh_ttl), keys)
+
+    async def abatch_delete(self, keys: Sequence[Key]) -> BatchResult:
+        return await self._await(self.submit_batch_delete, keys)
+
+    def _close_loop_queues(self) -> None:
+        for loop, q in list(self._loop_queues.items()):
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_remove_reader_and_close, loop, q)
+            else:
+                q.close()
+
+    def __enter__(self: _C) -> _C:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self: _C) -> _C:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ValkeyClient(BatchClientBase):
     """Batched GET/SET/EXISTS/DEL of large values against one Valkey server.
 
     ``url`` is ``valkey://[user:password@]host:port[/db]`` (``redis://`` is an
     alias) or ``unix:///path/to.sock``. With no URL and no ``VALKEY_HOST`` in
     the environment, an embedded server is started and owned by the client.
-    Options: see :class:`~lmcache_valkey.config.ClientConfig`.
+    Options: see :class:`~lmcache_valkey.config.ClientConfig`; ``config=`` takes
+    a ready :class:`~lmcache_valkey.config.ClientConfig` instead of URL and
+    options. Cluster configurations are refused: use
+    :func:`lmcache_valkey.open_client`.
     """
 
-    def __init__(self, url: str | None = None, **options: Any) -> None:
-        config = ClientConfig.from_options(url, **options)
+    def __init__(self, url: str | None = None, *,
+                 on_connect: Sequence[tuple[Any, ...]] = (), **options: Any) -> None:
+        config = options.pop("config", None)
+        if config is None:
+            config = ClientConfig.from_options(url, **options)
+        elif url is not None or options:
+            raise ConfigError("give either config= or a URL and options, not both")
+        if config.cluster:
+            raise ConfigError(
+                "this is a cluster configuration (valkey+cluster:// or cluster=true): use "
+                "lmcache_valkey.open_client(...) or ValkeyClusterClient, not ValkeyClient")
+        # Commands run on every new connection after its handshake (READONLY
+        # for a cluster replica); a failure fails that connect.
+        self._on_connect = [tuple(c) for c in on_connect]
         self._server: EmbeddedValkey | None = None
         if config.embedded:
             self._server = EmbeddedValkey().start()
@@ -368,67 +529,6 @@ class ValkeyClient:
                             token: Any = None) -> Future[BatchResult]:
         return self._submit("batch_delete", keys, None, 0, completion=completion, token=token)
 
-    # -- blocking ----------------------------------------------------------
-
-    def batch_get_into(self, keys: Sequence[Key], buffers: Sequence[Buffer]) -> BatchResult:
-        """Bytes written per key; ``None`` for a miss, an error, or a value
-        that does not fit its buffer (see ``errors`` / ``too_large``)."""
-        return self.submit_batch_get_into(keys, buffers).result()
-
-    def batch_set(self, keys: Sequence[Key], buffers: Sequence[Buffer]) -> BatchResult:
-        """``True`` per stored key (with the configured TTL)."""
-        return self.submit_batch_set(keys, buffers).result()
-
-    def batch_exists(self, keys: Sequence[Key], *, refresh_ttl: bool = False) -> BatchResult:
-        return self.submit_batch_exists(keys, refresh_ttl=refresh_ttl).result()
-
-    def batch_delete(self, keys: Sequence[Key]) -> BatchResult:
-        """Number of keys removed per key (1 or 0)."""
-        return self.submit_batch_delete(keys).result()
-
-    # -- asyncio -----------------------------------------------------------
-
-    def _loop_queue(self, loop: asyncio.AbstractEventLoop) -> CompletionQueue:
-        q = self._loop_queues.get(loop)
-        if q is None:
-            q = CompletionQueue()
-            loop.add_reader(q.fileno(), self._on_loop_completions, q)
-            self._loop_queues[loop] = q
-        return q
-
-    @staticmethod
-    def _on_loop_completions(q: CompletionQueue) -> None:
-        for fut, afut in q.drain():
-            if afut.done():  # the awaiting task was cancelled
-                continue
-            exc = fut.exception()
-            if exc is not None:
-                afut.set_exception(exc)
-            else:
-                afut.set_result(fut.result())
-
-    async def _await(self, submit: Callable[..., Future[BatchResult]], *args: Any) -> BatchResult:
-        loop = asyncio.get_running_loop()
-        afut: asyncio.Future[BatchResult] = loop.create_future()
-        submit(*args, completion=self._loop_queue(loop), token=afut)
-        return await afut
-
-    async def abatch_get_into(self, keys: Sequence[Key], buffers: Sequence[Buffer]) -> BatchResult:
-        """asyncio form of :meth:`batch_get_into`. Cancelling the await does
-        not stop the transfer: keep the buffers untouched until it ends."""
-        return await self._await(self.submit_batch_get_into, keys, buffers)
-
-    async def abatch_set(self, keys: Sequence[Key], buffers: Sequence[Buffer]) -> BatchResult:
-        return await self._await(self.submit_batch_set, keys, buffers)
-
-    async def abatch_exists(self, keys: Sequence[Key], *,
-                            refresh_ttl: bool = False) -> BatchResult:
-        return await self._await(functools.partial(self.submit_batch_exists,
-                                                   refresh_ttl=refresh_ttl), keys)
-
-    async def abatch_delete(self, keys: Sequence[Key]) -> BatchResult:
-        return await self._await(self.submit_batch_delete, keys)
-
     # -- control -----------------------------------------------------------
 
     def execute(self, *args: Any) -> Any:
@@ -438,8 +538,28 @@ class ValkeyClient:
             raise ClientClosedError("client is closed")
         return self._workers[0].call(lambda conn: conn.native.execute(*args))
 
+    def submit_call(self, fn: Callable[[Connection], Any]) -> Future[Any]:
+        """Run ``fn(connection)`` on one connection's worker thread (round
+        robin), after the batches queued there; the future holds its result.
+        For slow paths that need a raw connection (a cluster's ASKING)."""
+        if self.closed:
+            raise ClientClosedError("client is closed")
+        return self._workers[next(self._next_worker) % len(self._workers)].submit_call(fn)
+
     def ping(self) -> bool:
         return self.execute("PING") == "PONG"
+
+    def execute_on_key(self, key: bytes, *args: Any) -> Any:
+        """Run a command about `key` (a full, prefixed key name) where that
+        key lives: here, the one server; see ValkeyClusterClient."""
+        return self.execute(*args)
+
+    def scan(self, cursor: str = "0", match: bytes = b"*",
+             count: int = 1000) -> tuple[str, list[bytes]]:
+        """One ``SCAN`` step: (next cursor, key names). Start and end at
+        ``"0"``. `match` is a raw glob over full key names (not prefixed)."""
+        nxt, names = self.execute("SCAN", cursor, "MATCH", match, "COUNT", count)
+        return _cursor_text(nxt), list(names)
 
     def connect(self) -> None:
         """Open every connection now (a PING on each) instead of on first
@@ -461,25 +581,14 @@ class ValkeyClient:
             w.submit(None)
         for w in self._workers:
             w.join(10.0)
-        for loop, q in list(self._loop_queues.items()):
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(_remove_reader_and_close, loop, q)
-            else:
-                q.close()
+        self._close_loop_queues()
         if self._server is not None:
             self._server.close()
 
-    def __enter__(self) -> ValkeyClient:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
-    async def __aenter__(self) -> ValkeyClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.close()
+def _cursor_text(cursor: Any) -> str:
+    return cursor.decode() if isinstance(cursor, bytes) else str(cursor)
 
 
 def _remove_reader_and_close(loop: asyncio.AbstractEventLoop, q: CompletionQueue) -> None:

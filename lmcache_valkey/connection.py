@@ -1,25 +1,33 @@
 """Opening one connection: socket, options, handshake (AUTH, SELECT).
 
 The socket object owns the fd; the native RespConnection borrows it for the
-hot loop. Connection errors name the endpoint (host:port or the socket path),
-never the username or password.
+hot loop. With TLS (``valkeys://``) the socket is an ``ssl.SSLSocket`` and the
+engine is ``TlsRespConnection`` (same interface, see tls_transport.py), since
+the native loop's sendmsg/readv on a raw fd cannot encrypt. Connection errors
+name the endpoint (host:port or the socket path), never the username or
+password.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import ssl
+from typing import Any
 
 from ._native import RespConnection
 from .config import ClientConfig
-from .errors import AuthenticationError, ServerReplyError, ValkeyConnectionError
+from .errors import AuthenticationError, ServerReplyError, TlsError, ValkeyConnectionError
+from .tls_transport import TlsRespConnection, tls_reason
 
 
 class Connection:
-    """A connected, authenticated socket and its native engine."""
+    """A connected, authenticated socket and its engine (RespConnection, or
+    TlsRespConnection over TLS)."""
 
     __slots__ = ("sock", "native", "endpoint")
 
-    def __init__(self, sock: socket.socket, native: RespConnection, endpoint: str) -> None:
+    def __init__(self, sock: socket.socket, native: Any, endpoint: str) -> None:
         self.sock = sock
         self.native = native
         self.endpoint = endpoint
@@ -66,7 +74,45 @@ def _connect_socket(config: ClientConfig) -> socket.socket:
     return sock
 
 
-def _handshake(native: RespConnection, config: ClientConfig) -> None:
+def tls_context(config: ClientConfig) -> ssl.SSLContext:
+    """The client TLS context: the CA file (or the system's CAs), the client
+    certificate for mutual TLS, and hostname checking as configured."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies certificates; TLS >= 1.2
+    try:
+        if config.tls_ca_file:
+            ctx.load_verify_locations(cafile=config.tls_ca_file)
+        else:
+            ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
+        if config.tls_cert_file:
+            ctx.load_cert_chain(config.tls_cert_file, config.tls_key_file)
+    except (OSError, ssl.SSLError) as e:  # a missing or unreadable file names itself
+        what = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise TlsError(f"{config.endpoint}: cannot load TLS certificates or key: "
+                       f"{what}{': ' + e.filename if getattr(e, 'filename', None) else ''}"
+                       ) from None
+    ctx.check_hostname = config.tls_check_hostname
+    return ctx
+
+
+def _wrap_tls(sock: socket.socket, config: ClientConfig) -> ssl.SSLSocket:
+    """TLS handshake within connect_timeout_s (the socket is blocking here)."""
+    ctx = tls_context(config)
+    server_name = config.tls_server_name or config.host
+    sock.setblocking(True)
+    sock.settimeout(config.connect_timeout_s)
+    try:
+        return ctx.wrap_socket(sock, server_hostname=server_name)
+    except TimeoutError:
+        raise TlsError(f"{config.endpoint}: TLS handshake: no answer within "
+                       f"{config.connect_timeout_s}s (connect_timeout_s)") from None
+    except ssl.SSLError as e:
+        raise TlsError(f"{config.endpoint}: TLS handshake failed: {tls_reason(e)}") from None
+    except OSError as e:
+        raise ValkeyConnectionError(
+            f"{config.endpoint}: TLS handshake failed: {e.strerror or e}") from None
+
+
+def _handshake(native: Any, config: ClientConfig) -> None:
     if config.password is not None:
         args = ["AUTH", config.username, config.password.get()] if config.username \
             else ["AUTH", config.password.get()]
@@ -79,11 +125,21 @@ def _handshake(native: RespConnection, config: ClientConfig) -> None:
         raise AuthenticationError(f"{config.endpoint}: a username needs a password")
     if config.db:
         native.execute("SELECT", config.db)
+    elif config.tls and config.password is None:
+        # TLS 1.3 finishes the client's side of the handshake before the
+        # server has checked our certificate: a refused client certificate
+        # shows only on the first read. Read once now, so that it is a
+        # connect error and not the first batch's. Any reply will do (NOAUTH
+        # included: that one is reported per key, as without TLS).
+        with contextlib.suppress(ServerReplyError):
+            native.execute("PING")
 
 
 def open_connection(config: ClientConfig) -> Connection:
     """Connect, authenticate and select the database, within the timeouts."""
     sock = _connect_socket(config)
+    if config.tls:
+        return _open_tls(sock, config)
     try:
         native = RespConnection(
             sock.fileno(),
@@ -98,3 +154,35 @@ def open_connection(config: ClientConfig) -> Connection:
         sock.close()
         raise
     return Connection(sock, native, config.endpoint)
+
+
+def _open_tls(sock: socket.socket, config: ClientConfig) -> Connection:
+    try:
+        tls_sock = _wrap_tls(sock, config)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        native = TlsRespConnection(
+            tls_sock,
+            config.endpoint,
+            timeout_s=config.connect_timeout_s,
+            max_bulk_len=config.max_bulk_len,
+            max_inflight_bytes=config.max_inflight_bytes,
+        )
+        _handshake(native, config)
+        native.set_timeout(config.op_timeout_s)
+    except ValkeyConnectionError as e:
+        tls_sock.close()
+        if type(e) is not ValkeyConnectionError or "closed by the server" not in str(e):
+            raise
+        # Servers that refuse a client certificate (redis 7 does) often just
+        # close the connection after the handshake, with no TLS alert.
+        hint = "" if config.tls_cert_file else \
+            " (does it require a client certificate? set tls_cert_file and tls_key_file)"
+        raise TlsError(f"{config.endpoint}: TLS: the server closed the connection right "
+                       f"after the handshake{hint}") from None
+    except BaseException:
+        tls_sock.close()
+        raise
+    return Connection(tls_sock, native, config.endpoint)

@@ -58,3 +58,9 @@ class ProtocolError(ValkeyConnectionError):
 
 class ClientClosedError(ValkeyError, RuntimeError):
     """The client was closed before or while the batch ran."""
+
+
+class TlsError(ValkeyConnectionError):
+    """The TLS layer refused the connection: certificate verification,
+    hostname mismatch, a client certificate the server wanted, or a TLS alert.
+    The message names the endpoint and the reason, never credentials."""

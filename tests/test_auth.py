@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 
@@ -80,3 +81,28 @@ def test_password_never_in_repr(make_server) -> None:
     s = make_server(password=PASSWORD)
     with ValkeyClient(f"valkey://:{PASSWORD}@{s.host}:{s.port}") as c:
         assert PASSWORD not in repr(c) and PASSWORD not in repr(c.config)
+
+
+def test_refused_credentials_back_off_instead_of_retrying_every_batch(make_server, make_client):
+    """A misconfigured client must not send an AUTH per batch (a storm on a
+    busy server): attempts back off, the error stays AuthenticationError, and
+    once the server accepts the credentials the client recovers by itself."""
+    s = make_server(users=["alice on >right ~* +@all"])
+    admin = make_client(s.url)
+    c = make_client(s.url, username="alice", password="other", num_connections=1,
+                    reconnect_backoff_s=0.2, reconnect_backoff_max_s=0.5)
+    for _ in range(50):
+        with pytest.raises(AuthenticationError, match="authentication refused"):
+            c.batch_exists(["k"])
+    stats = admin.execute("INFO", "stats").decode()
+    denied = int(stats.split("acl_access_denied_auth:")[1].split()[0])
+    assert 1 <= denied <= 3, stats
+    admin.execute("ACL", "SETUSER", "alice", ">other")
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            assert c.batch_exists(["k"]) == [False]
+            break
+        except AuthenticationError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)

@@ -46,9 +46,9 @@ from lmcache.v1.distributed.l2_adapters.base import L2AdapterInterface, L2TaskId
 from lmcache.v1.distributed.l2_adapters.config import L2AdapterConfigBase
 from lmcache.v1.platform import create_event_notifier
 
-from ..client import ValkeyClient
 from ..config import ClientConfig, Secret
 from ..errors import ClientClosedError, ConfigError
+from ..factory import AnyClient, open_client
 from ..ratelimited_log import RateLimitedLog
 
 if TYPE_CHECKING:
@@ -217,8 +217,9 @@ class ValkeyL2AdapterConfig(L2AdapterConfigBase):
         return (
             "lmcache_valkey L2 adapter (Valkey/Redis through lmcache_valkey's "
             "zero-copy client) fields:\n"
-            "- url (str): valkey://[user:pass@]host:port[/db], redis://..., or "
-            "unix:///path.sock (required unless host/unix_path/VALKEY_HOST)\n"
+            "- url (str): valkey://[user:pass@]host:port[/db], redis://..., "
+            "unix:///path.sock, or valkey+cluster://host:port[,host:port...] for a "
+            "Valkey Cluster (required unless host/unix_path/VALKEY_HOST)\n"
             f"- key_prefix (str, default {DEFAULT_KEY_PREFIX!r}): prepended to every key\n"
             "- ttl_s (float, default none = keys never expire): expiry of stored "
             "chunks; a lookup hit renews it\n"
@@ -251,8 +252,9 @@ class ValkeyL2AdapterConfig(L2AdapterConfigBase):
     def num_connections(self) -> int:
         return self.client_config.num_connections
 
-    def create_client(self) -> ValkeyClient:
-        return ValkeyClient(self._url.get() if self._url else None, **self._options)
+    def create_client(self) -> AnyClient:
+        """A ValkeyClient, or a ValkeyClusterClient for a cluster URL / cluster=true."""
+        return open_client(self._url.get() if self._url else None, **self._options)
 
     def __repr__(self) -> str:
         c = self.client_config
@@ -611,7 +613,7 @@ class ValkeyL2Adapter(L2AdapterInterface):
         if page_size <= 0:
             raise ValueError(f"page_size must be positive (got {page_size})")
         scan = "0" if cursor is None else str(cursor)
-        if not scan.isdigit():
+        if not scan.replace(":", "").isdigit():  # "N" (one server) or "node:N" (cluster)
             raise ValueError(f"malformed cursor {cursor!r}")
         prefix = self._config.key_prefix
         pattern = _glob_escape(prefix)
@@ -620,9 +622,8 @@ class ValkeyL2Adapter(L2AdapterInterface):
         pattern += b"*"
         names: list[bytes] = []
         for _ in range(64):  # bounded: SCAN may return empty batches
-            reply = self._client.execute("SCAN", scan, "MATCH", pattern, "COUNT", page_size)
-            scan = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
-            names.extend(reply[1])
+            scan, found = self._client.scan(scan, pattern, page_size)
+            names.extend(found)
             if scan == "0" or len(names) >= page_size:
                 break
         entries = []
@@ -630,7 +631,7 @@ class ValkeyL2Adapter(L2AdapterInterface):
             ekey = decode_object_key(name[len(prefix):])
             if ekey is None:
                 continue
-            size = self._client.execute("STRLEN", name)
+            size = self._client.execute_on_key(name, "STRLEN", name)
             entries.append(KeyEntry(key=ekey, size_bytes=int(size)))
         return KeyListPage(entries=tuple(entries), next_page_token=None if scan == "0" else scan)
 

@@ -59,9 +59,10 @@ from lmcache.v1.config import LMCacheEngineConfig
 from lmcache.v1.memory_management import MemoryObj
 from lmcache.v1.storage_backend.connector.base_connector import RemoteConnector
 
-from ..client import BatchResult, ValkeyClient
+from ..client import BatchResult
 from ..config import ClientConfig
 from ..errors import ConfigError, ValkeyError, ValkeyTimeoutError
+from ..factory import AnyClient, open_client
 from ..ratelimited_log import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,12 @@ def _release_when_done(objs: list[MemoryObj], task: asyncio.Future[Any]) -> None
     if not task.cancelled():
         task.exception()  # retrieved: no "exception was never retrieved" noise
     _release(objs)
+
+
+def _partial_results(exc: BaseException) -> Sequence[Any]:
+    """The per-key results a failed batch still delivered (``[]`` if none)."""
+    partial = getattr(exc, "partial", None)
+    return partial if isinstance(partial, list) else []
 
 
 def _prefix_hits(results: Sequence[Any]) -> int:
@@ -184,7 +191,7 @@ class ValkeyRemoteConnector(RemoteConnector):
                 f"set {plugin_option(plugin_name, 'url')} (valkey://host:port, "
                 "redis://host:port or unix:///path.sock) or VALKEY_HOST: the connector "
                 "does not start a server of its own")
-        self._client = ValkeyClient(url, **options)
+        self._client = open_client(url, **options)  # a cluster URL gives a cluster client
         self._ttl_set = client_config.ttl_s is not None
         log.info("lmcache_valkey connector %r: %s, key_prefix=%r, ttl_s=%s, "
                  "num_connections=%d, chunk=%d bytes", plugin_name,
@@ -245,7 +252,7 @@ class ValkeyRemoteConnector(RemoteConnector):
         return options
 
     @property
-    def client(self) -> ValkeyClient:
+    def client(self) -> AnyClient:
         return self._client
 
     def __repr__(self) -> str:
@@ -360,7 +367,8 @@ class ValkeyRemoteConnector(RemoteConnector):
             res = self._client.batch_exists(self._keys(keys), refresh_ttl=self._ttl_set)
         except Exception as e:
             self._log.warning("exists", "lmcache_valkey: lookup failed: %s", e)
-            return 0
+            # A cluster node down: the keys before its first one still count.
+            return _prefix_hits(_partial_results(e))
         return _prefix_hits(res)
 
     def support_batched_async_contains(self) -> bool:
@@ -376,7 +384,8 @@ class ValkeyRemoteConnector(RemoteConnector):
             res = await self._client.abatch_exists(self._keys(keys), refresh_ttl=self._ttl_set)
         except Exception as e:
             self._log.warning("exists", "lmcache_valkey: lookup failed: %s", e)
-            return 0
+            # A cluster node down: the keys before its first one still count.
+            return _prefix_hits(_partial_results(e))
         return _prefix_hits(res)
 
     # -- loads -------------------------------------------------------------
@@ -451,13 +460,12 @@ class ValkeyRemoteConnector(RemoteConnector):
         prefix = self._client.config.key_prefix
         pattern = _glob_escape(prefix) + b"*"
         keys: builtins.list[str] = []
-        cursor: bytes | str = b"0"
+        cursor = "0"
         while len(keys) < limit:
-            cursor, batch = self._client.execute("SCAN", cursor, "MATCH", pattern,
-                                                 "COUNT", 1000)
+            cursor, batch = self._client.scan(cursor, pattern, 1000)
             for k in batch:
                 keys.append(bytes(k)[len(prefix):].decode("utf-8", "replace"))
-            if cursor in (b"0", "0", 0):
+            if cursor == "0":
                 break
         return keys[:limit]
 

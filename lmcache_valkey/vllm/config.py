@@ -79,9 +79,9 @@ class ConnectorConfig:
                    namespace_extra=namespace_extra)
 
     def create_client(self) -> Any:
-        from ..client import ValkeyClient
+        from ..factory import open_client  # a cluster URL gives a cluster client
 
-        return ValkeyClient(self.url.get() if self.url else None, **self.client_options)
+        return open_client(self.url.get() if self.url else None, **self.client_options)
 
     def __repr__(self) -> str:  # no secrets
         c = self.client_config

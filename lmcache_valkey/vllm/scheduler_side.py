@@ -77,9 +77,15 @@ class SchedulerSide:
         try:
             found = self._client.batch_exists([self._key_of(h) for h in hashes], refresh_ttl=True)
         except Exception as e:  # unreachable server: serve cold
-            self._log.warning("lookup", "ValkeyConnector: lookup failed, serving without "
-                              "external KV: %s", e)
-            return 0, False
+            # With a cluster, the keys on the nodes that answered still count
+            # (`partial`); a single server that is down has none.
+            found = getattr(e, "partial", None) or []
+            self._log.warning("lookup", "ValkeyConnector: lookup failed (%d of %d blocks "
+                              "found on the nodes that answered), serving the rest "
+                              "without external KV: %s",
+                              sum(hit is True for hit in found), len(hashes), e)
+            if not any(hit is True for hit in found):
+                return 0, False
         self._record_latency(time.perf_counter() - t0)
         st.present = {i for i, hit in enumerate(found) if hit is True}
         n = 0

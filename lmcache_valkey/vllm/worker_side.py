@@ -106,6 +106,8 @@ class WorkerSide:
         try:
             results = self._client.batch_set(keys, values)
         except Exception as e:
+            # A cluster node down fails only its blocks: count the others.
+            self.blocks_saved += sum(r is True for r in _partial(e, len(keys)))
             self._log.warning("save", "ValkeyConnector: saving %d blocks failed: %s",
                               len(keys), e)
             return

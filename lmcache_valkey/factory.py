@@ -1,0 +1,31 @@
+"""open_client: the one constructor integrations use.
+
+A single-server configuration gives a :class:`~lmcache_valkey.ValkeyClient`,
+a cluster one (``valkey+cluster://h:p[,h:p...]``, ``redis+cluster://``,
+``valkeys+cluster://``, ``?cluster=true`` or ``cluster=True``) a
+:class:`~lmcache_valkey.cluster.ValkeyClusterClient`; both have the same API.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .client import ValkeyClient
+from .cluster.client import ValkeyClusterClient
+from .config import ClientConfig
+
+AnyClient = ValkeyClient | ValkeyClusterClient
+
+
+def open_client(url: str | None = None, **options: Any) -> AnyClient:
+    """A client for `url` and `options` (see ClientConfig), cluster or not."""
+    config = options.pop("config", None)
+    if config is None:
+        config = ClientConfig.from_options(url, **options)
+    elif url is not None or options:
+        from .errors import ConfigError
+
+        raise ConfigError("give either config= or a URL and options, not both")
+    if config.cluster:
+        return ValkeyClusterClient(config=config)
+    return ValkeyClient(config=config)
