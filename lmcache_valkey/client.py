@@ -411,11 +411,7 @@ class ValkeyClient(BatchClientBase):
 
     def __init__(self, url: str | None = None, *,
                  on_connect: Sequence[tuple[Any, ...]] = (), **options: Any) -> None:
-        config = options.pop("config", None)
-        if config is None:
-            config = ClientConfig.from_options(url, **options)
-        elif url is not None or options:
-            raise ConfigError("give either config= or a URL and options, not both")
+        config = ClientConfig.from_url_or_config(url, options)
         if config.cluster:
             raise ConfigError(
                 "this is a cluster configuration (valkey+cluster:// or cluster=true): use "

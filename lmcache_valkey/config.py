@@ -112,6 +112,17 @@ class ClientConfig:
         merged.update({k: v for k, v in options.items() if v is not None})
         return cls(**_coerce(merged))
 
+    @classmethod
+    def from_url_or_config(cls, url: str | None, options: dict[str, Any]) -> ClientConfig:
+        """What client constructors take: ``config=`` (a ready ClientConfig)
+        or a URL and options, not both."""
+        config = options.pop("config", None)
+        if config is None:
+            return cls.from_options(url, **options)
+        if url is not None or options:
+            raise ConfigError("give either config= or a URL and options, not both")
+        return config
+
     def __post_init__(self) -> None:
         if self.num_connections < 1:
             raise ConfigError("num_connections must be >= 1")

@@ -19,13 +19,7 @@ AnyClient = ValkeyClient | ValkeyClusterClient
 
 def open_client(url: str | None = None, **options: Any) -> AnyClient:
     """A client for `url` and `options` (see ClientConfig), cluster or not."""
-    config = options.pop("config", None)
-    if config is None:
-        config = ClientConfig.from_options(url, **options)
-    elif url is not None or options:
-        from .errors import ConfigError
-
-        raise ConfigError("give either config= or a URL and options, not both")
+    config = ClientConfig.from_url_or_config(url, options)
     if config.cluster:
         return ValkeyClusterClient(config=config)
     return ValkeyClient(config=config)

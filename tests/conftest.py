@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from lmcache_valkey import EmbeddedValkey, ValkeyClient
+from lmcache_valkey import EmbeddedValkey, ValkeyClient, open_client
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +54,7 @@ def make_client() -> Iterator[Callable[..., ValkeyClient]]:
 
     def make(url: str, **options: Any) -> ValkeyClient:
         options.setdefault("op_timeout_s", 10.0)
-        c = ValkeyClient(url, **options)
+        c = open_client(url, **options)  # a ValkeyClient, or a cluster client
         clients.append(c)
         return c
 

@@ -332,12 +332,8 @@ class ValkeyClusterClient(BatchClientBase):
     :meth:`execute_on_all`, :meth:`node_of` and :meth:`refresh_topology`.
     """
 
-    def __init__(self, url: str | None = None, *, config: ClientConfig | None = None,
-                 **options: Any) -> None:
-        if config is None:
-            config = ClientConfig.from_options(url, **options)
-        elif url is not None or options:
-            raise ConfigError("give either config= or a URL and options, not both")
+    def __init__(self, url: str | None = None, **options: Any) -> None:
+        config = ClientConfig.from_url_or_config(url, options)
         if not config.cluster:
             raise ConfigError("not a cluster configuration: use valkey+cluster://host:port"
                               "[,host:port...] or cluster=true (or ValkeyClient for one server)")
