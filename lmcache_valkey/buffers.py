@@ -50,3 +50,27 @@ def buffer_nbytes(obj: Buffer) -> int:
     if nbytes is not None:
         return int(nbytes)
     return memoryview(obj).nbytes
+
+
+def byte_segments(obj: Any, writable: bool, index: int) -> list[memoryview]:
+    """Byte views of one buffer or a list/tuple of them (a scatter list),
+    empty ones left out. The views pin the memory (a bytearray cannot be
+    resized while one exists) until they are released after the batch."""
+    objs = obj if type(obj) is list or type(obj) is tuple else (obj,)
+    out = []
+    for o in objs:
+        try:
+            m = memoryview(o)
+            if not m.c_contiguous or (writable and m.readonly):
+                m.release()
+                raise BufferError("not writable" if writable else "not C-contiguous")
+            b = m.cast("B") if m.format != "B" or m.ndim != 1 else m
+        except (TypeError, BufferError, ValueError) as e:
+            need = "a writable C-contiguous buffer" if writable else "a C-contiguous buffer"
+            raise TypeError(
+                f"buffer for key #{index} must be {need} "
+                f"(bytearray, memoryview, numpy array, CPU tensor), "
+                f"not {type(o).__name__}: {e}") from None
+        if b.nbytes:
+            out.append(b)
+    return out

@@ -136,53 +136,32 @@ def _handshake(native: Any, config: ClientConfig) -> None:
 
 
 def open_connection(config: ClientConfig) -> Connection:
-    """Connect, authenticate and select the database, within the timeouts."""
+    """Connect (and with TLS, handshake), authenticate and select the
+    database, within the timeouts."""
     sock = _connect_socket(config)
-    if config.tls:
-        return _open_tls(sock, config)
+    limits = dict(timeout_s=config.connect_timeout_s,  # the handshake is part of connecting
+                  max_bulk_len=config.max_bulk_len,
+                  max_inflight_bytes=config.max_inflight_bytes)
     try:
-        native = RespConnection(
-            sock.fileno(),
-            config.endpoint,
-            timeout_s=config.connect_timeout_s,  # the handshake is part of connecting
-            max_bulk_len=config.max_bulk_len,
-            max_inflight_bytes=config.max_inflight_bytes,
-        )
+        if config.tls:
+            sock = _wrap_tls(sock, config)
+            native: Any = TlsRespConnection(sock, config.endpoint, **limits)
+        else:
+            native = RespConnection(sock.fileno(), config.endpoint, **limits)
         _handshake(native, config)
         native.set_timeout(config.op_timeout_s)
-    except BaseException:
+    except BaseException as e:
         sock.close()
+        if isinstance(sock, ssl.SSLSocket) and _closed_by_server(e):
+            # Servers that refuse a client certificate (redis 7 does) often
+            # just close the connection after the handshake, with no TLS alert.
+            hint = "" if config.tls_cert_file else \
+                " (does it require a client certificate? set tls_cert_file and tls_key_file)"
+            raise TlsError(f"{config.endpoint}: TLS: the server closed the connection right "
+                           f"after the handshake{hint}") from None
         raise
     return Connection(sock, native, config.endpoint)
 
 
-def _open_tls(sock: socket.socket, config: ClientConfig) -> Connection:
-    try:
-        tls_sock = _wrap_tls(sock, config)
-    except BaseException:
-        sock.close()
-        raise
-    try:
-        native = TlsRespConnection(
-            tls_sock,
-            config.endpoint,
-            timeout_s=config.connect_timeout_s,
-            max_bulk_len=config.max_bulk_len,
-            max_inflight_bytes=config.max_inflight_bytes,
-        )
-        _handshake(native, config)
-        native.set_timeout(config.op_timeout_s)
-    except ValkeyConnectionError as e:
-        tls_sock.close()
-        if type(e) is not ValkeyConnectionError or "closed by the server" not in str(e):
-            raise
-        # Servers that refuse a client certificate (redis 7 does) often just
-        # close the connection after the handshake, with no TLS alert.
-        hint = "" if config.tls_cert_file else \
-            " (does it require a client certificate? set tls_cert_file and tls_key_file)"
-        raise TlsError(f"{config.endpoint}: TLS: the server closed the connection right "
-                       f"after the handshake{hint}") from None
-    except BaseException:
-        tls_sock.close()
-        raise
-    return Connection(tls_sock, native, config.endpoint)
+def _closed_by_server(e: BaseException) -> bool:
+    return type(e) is ValkeyConnectionError and "closed by the server" in str(e)

@@ -45,6 +45,7 @@ import socket
 import ssl
 from typing import Any
 
+from .buffers import byte_segments
 from .errors import (
     ProtocolError,
     ServerReplyError,
@@ -82,30 +83,6 @@ def _bulk(arg: bytes) -> bytes:
 
 def encode_command(parts: list[bytes]) -> bytes:
     return b"*%d\r\n" % len(parts) + b"".join(_bulk(p) for p in parts)
-
-
-def _segments(obj: Any, writable: bool, index: int) -> list[memoryview]:
-    """Byte views of one buffer or a list/tuple of them (a scatter list),
-    empty ones left out. The views pin the memory (a bytearray cannot be
-    resized while one exists) until they are released after the batch."""
-    objs = obj if type(obj) is list or type(obj) is tuple else (obj,)
-    out = []
-    for o in objs:
-        try:
-            m = memoryview(o)
-            if not m.c_contiguous or (writable and m.readonly):
-                m.release()
-                raise BufferError("not writable" if writable else "not C-contiguous")
-            b = m.cast("B") if m.format != "B" or m.ndim != 1 else m
-        except (TypeError, BufferError, ValueError) as e:
-            need = "a writable C-contiguous buffer" if writable else "a C-contiguous buffer"
-            raise TypeError(
-                f"buffer for key #{index} must be {need} "
-                f"(bytearray, memoryview, numpy array, CPU tensor), "
-                f"not {type(o).__name__}: {e}") from None
-        if b.nbytes:
-            out.append(b)
-    return out
 
 
 class _Op:
@@ -402,7 +379,8 @@ class TlsRespConnection:
             for i, k in enumerate(keys):
                 if type(k) is not bytes:
                     raise TypeError(f"key #{i} must be bytes at this layer, not {type(k).__name__}")
-                ops.append(_Op(k, [] if buffers is None else _segments(buffers[i], writable, i)))
+                segs = [] if buffers is None else byte_segments(buffers[i], writable, i)
+                ops.append(_Op(k, segs))
             if self._aborted:
                 raise self._fail(ValkeyConnectionError, "connection closed by the client")
             try:

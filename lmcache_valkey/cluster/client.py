@@ -50,7 +50,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from ..buffers import Buffer, as_native_buffer
+from ..buffers import Buffer, as_native_buffer, byte_segments
 from ..client import BatchClientBase, BatchResult, Key, ValkeyClient, resolve
 from ..completion import CompletionQueue
 from ..config import ClientConfig
@@ -288,9 +288,7 @@ def _ask_command(conn: Connection, op: str, key: bytes, buf: Any, ttl_ms: int,
             return None
         return _copy_into(buf, bytes(data), too_large, j)
     if op == _SET:
-        value = b"".join(bytes(memoryview(s).cast("B")) for s in buf) \
-            if isinstance(buf, list) else bytes(memoryview(buf).cast("B"))
-        args: list[Any] = ["SET", key, value]
+        args: list[Any] = ["SET", key, b"".join(byte_segments(buf, False, j))]
         if ttl_ms:
             args += ["PX", ttl_ms]
         return native.execute(*args) == "OK"
@@ -305,8 +303,7 @@ def _copy_into(buf: Any, data: bytes, too_large: dict[int, int], j: int) -> int 
     """A GET reply into a destination buffer or scatter list, as the native
     engine would fill it (segments in order); a value that does not fit is a
     miss recorded in `too_large`."""
-    segments = buf if isinstance(buf, list) else [buf]
-    views = [memoryview(s).cast("B") for s in segments]
+    views = byte_segments(buf, True, j)
     if len(data) > sum(v.nbytes for v in views):
         too_large[j] = len(data)
         return None
