@@ -64,7 +64,7 @@ except ImportError:  # pragma: no cover - optional
 DEFAULT_MODEL_DIR = Path.home() / ".cache" / "lmcache_valkey" / "llama-89m"
 QUESTION = "\n\nQuestion: In one sentence, what is this document about?\nAnswer:"
 SERVER_WARMUP_PROMPT = "Hello, this is a short warm-up request."
-ALL_CONFIGS = ("none", "valkey", "example")
+ALL_CONFIGS = ("none", "valkey", "valkey-unix", "example")
 
 
 # ------------------------------------------------------------------ processes
@@ -285,9 +285,12 @@ def run_round(server: VllmServer, prompts: list[str], args: argparse.Namespace,
 def kv_transfer_for(name: str, valkey_url: str | None, example_dir: Path) -> dict | None:
     if name == "none":
         return None
-    if name == "valkey":
+    if name.startswith("valkey"):
+        # One key prefix per configuration: they share the server, and one
+        # configuration's warm-up must not find what another one stored.
         return {"kv_connector": "ValkeyConnector", "kv_role": "kv_both",
-                "kv_connector_extra_config": {"url": valkey_url}}
+                "kv_connector_extra_config": {"url": valkey_url,
+                                              "key_prefix": f"vllm:kv:{name}:"}}
     if name == "example":
         return {"kv_connector": "ExampleConnector", "kv_role": "kv_both",
                 "kv_connector_extra_config": {"shared_storage_path": str(example_dir)}}
@@ -492,17 +495,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"logs: {log_dir}")
 
     valkey_ctx = None
-    valkey_url = args.valkey_url
-    if "valkey" in args.configs and valkey_url is None:
+    valkey_urls = {"valkey": args.valkey_url}
+    if any(c.startswith("valkey") for c in args.configs) and args.valkey_url is None:
         from lmcache_valkey import EmbeddedValkey
 
-        valkey_ctx = EmbeddedValkey()
-        valkey_url = valkey_ctx.__enter__().url
-        print(f"valkey: embedded server at {redact(valkey_url)}")
+        valkey_ctx = EmbeddedValkey(unix_socket=True)
+        server = valkey_ctx.__enter__()
+        # valkey-unix: the same server through its unix socket (same host only).
+        valkey_urls = {"valkey": server.url, "valkey-unix": server.unix_url}
+        print(f"valkey: embedded server at {redact(server.url)} and {server.unix_url}")
+    elif "valkey-unix" in args.configs:
+        sys.exit("--configs valkey-unix needs the embedded server (no --valkey-url)")
 
     port = free_port()
     servers = {name: VllmServer(args, model_dir, port,
-                                kv_transfer_for(name, valkey_url, example_dir / name),
+                                kv_transfer_for(name, valkey_urls.get(name), example_dir / name),
                                 log_dir, name)
                for name in args.configs}
     print("vLLM commands (each started, restarted once, stopped, in turn):")

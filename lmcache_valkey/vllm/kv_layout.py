@@ -7,11 +7,17 @@ so block ``b`` of a layer is one contiguous run ``kv[b]``; GPU backends keep
 K and V apart (``[2, num_blocks, ...]``), giving two runs per layer. Either
 way the client sends from and receives into these runs directly (scatter
 lists): no staging copy on CPU.
+
+On CPU the runs are handed to the client as numpy byte views of each layer,
+made once at registration: slicing a numpy array costs ~0.2 µs, where a
+torch slice plus its conversion to a buffer costs ~15 µs — 5 ms of a
+38-block prompt's 10 ms load on an 8-layer model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -38,6 +44,15 @@ class BlockLayout:
         self.block_nbytes = sum(len(self._layer_segments(t, d, 0)) * self._seg_nbytes(t, d)
                                 for t, d in self._layers)
         self.device = self._layers[0][0].device
+        # Each layer as one uint8 numpy array over the tensor's own memory
+        # (same strides, last dimension in bytes): CPU only.
+        self._host_layers: list[tuple[Any, int]] = []
+        if self.device.type == "cpu":
+            try:
+                self._host_layers = [(t.detach().view(torch.uint8).numpy(), d)
+                                     for t, d in self._layers]
+            except (RuntimeError, TypeError):  # exotic strides: torch views below
+                self._host_layers = []
 
     @staticmethod
     def _seg_nbytes(t: torch.Tensor, dim: int) -> int:
@@ -56,6 +71,23 @@ class BlockLayout:
         out: list[torch.Tensor] = []
         for t, dim in self._layers:
             out.extend(self._layer_segments(t, dim, block_id))
+        return out
+
+    def host_segments(self, block_id: int) -> list[Any]:
+        """The same runs as :meth:`segments`, as numpy byte views over the
+        CPU KV cache (no copy): what the client receives into and sends from."""
+        if not 0 <= block_id < self.num_blocks:
+            raise IndexError(f"block id {block_id} outside 0..{self.num_blocks - 1}")
+        if not self._host_layers:
+            if self.device.type != "cpu":
+                raise RuntimeError(f"KV cache is on {self.device}: stage through host memory")
+            return self.segments(block_id)
+        out: list[Any] = []
+        for a, dim in self._host_layers:
+            if dim == 0:
+                out.append(a[block_id])
+            else:
+                out.extend(a[i, block_id] for i in range(a.shape[0]))
         return out
 
     def describe(self) -> list[tuple[str, list[int]]]:

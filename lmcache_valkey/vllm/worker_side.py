@@ -65,7 +65,7 @@ class WorkerSide:
         layout = self.layout
         staged = layout.device.type != "cpu"
         dests = ([_staging(layout) for _ in block_ids] if staged
-                 else [layout.segments(b) for b in block_ids])
+                 else [layout.host_segments(b) for b in block_ids])
         try:
             sizes = list(self._client.batch_get_into(keys, dests))
         except Exception as e:
@@ -102,7 +102,7 @@ class WorkerSide:
         if layout.device.type != "cpu":
             values = [_gather_to_host(layout.segments(b)) for b in block_ids]
         else:
-            values = [layout.segments(b) for b in block_ids]
+            values = [layout.host_segments(b) for b in block_ids]
         try:
             results = self._client.batch_set(keys, values)
         except Exception as e:
