@@ -11,7 +11,9 @@ ExampleConnector on a local folder) this script
    by a short question, as streamed ``/v1/completions`` requests (greedy,
    ``logprobs=1``),
 3. **restarts the vLLM server** (new processes, empty GPU/CPU KV cache),
-4. runs the query round: the same N prompts again,
+4. runs the query round: the same N prompts again (``--query-rounds K``: K
+   query rounds, each after its own restart, taken in turns across the
+   configurations so that machine noise spreads over all of them),
 
 measuring time to first token (TTFT, by streaming) and the wall time of each
 round. It then prints a table in the style of LMCache's
@@ -427,6 +429,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "otherwise reserve one more core when a KV connector is set); "
                         "-1: leave vLLM's per-configuration default")
     p.add_argument("--vllm-args", default="", help="extra arguments for every vLLM server")
+    p.add_argument("--query-rounds", type=int, default=1,
+                   help="query rounds per configuration, each after its own restart, taken "
+                        "in turns across configurations; TTFT figures cover all of them")
     p.add_argument("--valkey-url", default=None,
                    help="use this Valkey instead of starting an embedded one (its keys are "
                         "not flushed: use a fresh server or key_prefix)")
@@ -442,8 +447,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bad = [c for c in args.configs if c not in ALL_CONFIGS]
     if bad or not args.configs:
         p.error(f"--configs: unknown {bad}; choose from {ALL_CONFIGS}")
-    if args.num_docs < 1 or args.doc_tokens < 8 or args.max_tokens < 1 or args.concurrency < 1:
-        p.error("need --num-docs >= 1, --doc-tokens >= 8, --max-tokens >= 1, --concurrency >= 1")
+    if (args.num_docs < 1 or args.doc_tokens < 8 or args.max_tokens < 1 or args.concurrency < 1
+            or args.query_rounds < 1):
+        p.error("need --num-docs >= 1, --doc-tokens >= 8, --max-tokens >= 1, --concurrency >= 1, "
+                "--query-rounds >= 1")
     return args
 
 
@@ -512,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
                                 kv_transfer_for(name, valkey_urls.get(name), example_dir / name),
                                 log_dir, name)
                for name in args.configs}
-    print("vLLM commands (each started, restarted once, stopped, in turn):")
+    print("vLLM commands (each started once per round, stopped after it):")
     for name, s in servers.items():
         print(f"  [{name}] {s.command_line()}")
     print(flush=True)
@@ -521,43 +528,54 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_description(), "argv": sys.argv, "args": {
             k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "prompt_tokens": prompt_tokens, "question": QUESTION, "configs": []}
-    results_by_cfg: dict[str, list[Result]] = {}
+    cfgs: dict[str, dict[str, Any]] = {
+        name: {"name": name, "command": server.command_line()} for name, server in servers.items()}
+    queries: dict[str, list[list[Result]]] = {name: [] for name in servers}
+    # Every configuration's warm-up first, then the query rounds in turns
+    # (A, B, C, A, B, C ...), so that a slow minute of a shared machine does
+    # not land on one configuration only.
+    schedule = [("warmup", name) for name in servers]
+    schedule += [("query", name) for _ in range(args.query_rounds) for name in servers]
     try:
-        for name, server in servers.items():
-            cfg: dict[str, Any] = {"name": name, "command": server.command_line()}
-            for phase in ("warmup", "query"):
-                up = server.start(phase)
-                print(f"[{name}] vLLM up in {up:.0f} s ({phase} round)", flush=True)
-                if args.server_warmup:
-                    stream_completion(server.port, server.model, SERVER_WARMUP_PROMPT, 2, -1,
-                                      args.request_timeout)
-                before = server.metrics()
-                results, wall = run_round(server, prompts, args, f"{name} {phase}")
-                after = server.metrics()
-                server.stop()
-                stats = summarize(results)
-                print(f"[{name}] {phase}: TTFT mean {stats['mean']:.3f} s, median "
-                      f"{stats['median']:.3f} s, round {wall:.2f} s", flush=True)
-                delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in (
-                    "vllm:external_prefix_cache_hits_total",
-                    "vllm:external_prefix_cache_queries_total",
-                    "vllm:prefix_cache_hits_total", "vllm:prompt_tokens_total")}
-                cfg[phase] = {"ttft": stats, "round_s": wall, "server_start_s": up,
-                              "metrics_delta": delta, "log": str(server.log_path),
-                              "requests": [asdict(r) for r in results]}
-                if phase == "query":
-                    cfg["ext_hits"] = after.get("vllm:external_prefix_cache_hits_total")
-                    cfg["ext_queries"] = after.get("vllm:external_prefix_cache_queries_total")
-                    results_by_cfg[name] = results
-            if name != "none" and "none" in results_by_cfg:
-                same, diff = compare(results_by_cfg["none"], results_by_cfg[name])
-                cfg["identical_tokens"], cfg["max_logprob_diff"] = same, diff
+        for phase, name in schedule:
+            server, cfg = servers[name], cfgs[name]
+            up = server.start(phase)
+            print(f"[{name}] vLLM up in {up:.0f} s ({phase} round)", flush=True)
+            if args.server_warmup:
+                stream_completion(server.port, server.model, SERVER_WARMUP_PROMPT, 2, -1,
+                                  args.request_timeout)
+            before = server.metrics()
+            results, wall = run_round(server, prompts, args, f"{name} {phase}")
+            after = server.metrics()
+            server.stop()
+            stats = summarize(results)
+            print(f"[{name}] {phase}: TTFT mean {stats['mean']:.3f} s, median "
+                  f"{stats['median']:.3f} s, round {wall:.2f} s", flush=True)
+            delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in (
+                "vllm:external_prefix_cache_hits_total",
+                "vllm:external_prefix_cache_queries_total",
+                "vllm:prefix_cache_hits_total", "vllm:prompt_tokens_total")}
+            record = {"ttft": stats, "round_s": wall, "server_start_s": up,
+                      "metrics_delta": delta, "log": str(server.log_path),
+                      "requests": [asdict(r) for r in results]}
+            if phase == "warmup":
+                cfg["warmup"] = record
+                continue
+            queries[name].append(results)
+            cfg.setdefault("query_rounds", []).append(record)
+            # The counters start at 0 with every server: this round's hits.
+            cfg.setdefault("ext_hits_per_round", []).append(
+                after.get("vllm:external_prefix_cache_hits_total"))
+        for name, cfg in cfgs.items():
+            rounds = cfg["query_rounds"]
+            cfg["query"] = {"ttft": summarize([r for rs in queries[name] for r in rs]),
+                            "round_s": statistics.fmean(r["round_s"] for r in rounds)}
+            cfg["ext_hits"] = cfg["ext_hits_per_round"][-1]
+            if name != "none" and "none" in queries:
+                checks = [compare(queries["none"][0], rs) for rs in queries[name]]
+                cfg["identical_tokens"] = all(same for same, _ in checks)
+                cfg["max_logprob_diff"] = max(diff for _, diff in checks)
             out["configs"].append(cfg)
-        # "none" may run after the others: fill in the comparison late.
-        for cfg in out["configs"]:
-            if cfg["name"] != "none" and "identical_tokens" not in cfg and "none" in results_by_cfg:
-                same, diff = compare(results_by_cfg["none"], results_by_cfg[cfg["name"]])
-                cfg["identical_tokens"], cfg["max_logprob_diff"] = same, diff
     except KeyboardInterrupt:
         print("\ninterrupted; stopping servers", file=sys.stderr)
         return 130
@@ -569,7 +587,8 @@ def main(argv: list[str] | None = None) -> int:
             valkey_ctx.__exit__(None, None, None)
 
     title = (f"long_doc_qa: {args.num_docs} docs x ~{args.doc_tokens} tokens, "
-             f"max_tokens {args.max_tokens}, vLLM restarted between rounds")
+             f"max_tokens {args.max_tokens}, vLLM restarted before each round, "
+             f"{args.query_rounds} query round(s) per configuration")
     print()
     print_table(out["configs"], title, args.logprob_tolerance)
     print("\nmarkdown:\n" + markdown_table(out["configs"], args.logprob_tolerance))
