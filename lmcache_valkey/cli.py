@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
+from typing import Any
 
 from .errors import ValkeyError
 
@@ -66,6 +68,22 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--plot", metavar="FILE.png", help="also plot GB/s against value size")
     bench.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
+    stats = sub.add_parser(
+        "stats", help="server facts: keys under a prefix, memory, clients, evictions "
+                      "(text, JSON or Prometheus; or serve them over HTTP)")
+    stats.add_argument("--url", help="server URL (default: $VALKEY_HOST/$VALKEY_PORT; "
+                                     "password from $VALKEY_PASSWORD)")
+    stats.add_argument("--key-prefix", default="", help="count the keys under this prefix "
+                                                        "(default: all keys)")
+    stats.add_argument("--scan-limit", type=_positive, default=100_000,
+                       help="examine at most about this many keys when counting (100000)")
+    stats.add_argument("--format", choices=("text", "json", "prometheus"), default="text")
+    stats.add_argument("--serve", type=int, metavar="PORT",
+                       help="serve the Prometheus metrics on this port until Ctrl-C "
+                            "(0: a free port)")
+    stats.add_argument("--addr", default="127.0.0.1",
+                       help="address --serve listens on (127.0.0.1; 0.0.0.0: every interface)")
+
     server = sub.add_parser("server", help="run an embedded valkey-server in the foreground")
     server.add_argument("--port", type=int, default=6379)
     server.add_argument("--unix-socket", action="store_true", help="also listen on a unix socket")
@@ -109,6 +127,50 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stats(args: argparse.Namespace) -> int:
+    from .config import ClientConfig
+    from .errors import ConfigError
+    from .factory import open_client
+
+    config = ClientConfig.from_options(args.url, key_prefix=args.key_prefix)
+    if config.embedded:
+        raise ConfigError("no server to ask: give --url or set VALKEY_HOST")
+    if args.serve is not None:
+        # Before any thread starts, so that they all leave the signals to sigwait.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    with open_client(config=config) as client:
+        if args.serve is not None:
+            return _serve_metrics(args, client)
+        if args.format == "prometheus":
+            from . import metrics
+
+            print(metrics.render(client, client_stats=False, scan_limit=args.scan_limit), end="")
+            return 0
+        from .server_stats import server_stats
+
+        facts = server_stats(client, args.scan_limit)
+        if args.format == "json":
+            print(json.dumps(facts.to_dict(), indent=2))
+        else:
+            print(f"{config.redacted_url()}\n{facts}")
+    return 0
+
+
+def _serve_metrics(args: argparse.Namespace, client: Any) -> int:
+    from . import metrics
+
+    httpd = metrics.serve(args.serve, client, addr=args.addr, client_stats=False,
+                          scan_limit=args.scan_limit)
+    try:
+        print(f"serving lmcache_valkey_* metrics of {client.config.redacted_url()} on "
+              f"http://{args.addr}:{httpd.server_port}/metrics; Ctrl-C to stop.", flush=True)
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -120,9 +182,11 @@ def main(argv: list[str] | None = None) -> int:
             return bench_main(args)
         if args.command == "lmcache":
             return _run_lmcache(args)
+        if args.command == "stats":
+            return _stats(args)
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         return _serve(args)
-    except (ValkeyError, RuntimeError, ValueError) as e:
+    except (ValkeyError, RuntimeError, ValueError, ImportError) as e:
         print(f"lmcache-valkey: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -35,6 +35,8 @@ from .errors import (
     ValkeyConnectionError,
     ValkeyError,
 )
+from .integrity import checksum_for
+from .stats import ClientStats, StatsSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,9 @@ class BatchResult(list):  # type: ignore[type-arg]
     """Per-key results, in key order, plus what went wrong per key.
 
     ``errors`` maps a key's index to the server's error reply for it
-    (``-WRONGTYPE``, ``-OOM`` ...); ``too_large`` maps a GET's index to the
+    (``-WRONGTYPE``, ``-OOM`` ...), or to an ``IntegrityError`` (code
+    ``CHECKSUM``) for a value that failed the ``checksum`` option's check;
+    ``too_large`` maps a GET's index to the
     stored length of a value that did not fit its destination (drained, not
     written). Those keys read as ``None``/``False`` in the list itself.
     """
@@ -76,10 +80,12 @@ class _Job:
     """One submitted batch: its tiles finish on different threads."""
 
     __slots__ = ("future", "values", "errors", "too_large", "remaining", "exc", "lock",
-                 "completion", "token")
+                 "completion", "token", "stats", "method", "sizes", "started")
 
     def __init__(self, n: int, failed_value: Any, ntiles: int,
-                 completion: CompletionQueue | None, token: Any) -> None:
+                 completion: CompletionQueue | None, token: Any,
+                 stats: ClientStats | None = None, method: str = "",
+                 sizes: list[int] | None = None) -> None:
         self.future: Future[BatchResult] = Future()
         self.future.set_running_or_notify_cancel()
         # Until a tile reports, every key counts as failed, never as success.
@@ -91,6 +97,11 @@ class _Job:
         self.lock = threading.Lock()
         self.completion = completion
         self.token = token
+        # Recorded once, when the last tile is in (see lmcache_valkey.stats).
+        self.stats = stats
+        self.method = method
+        self.sizes = sizes
+        self.started = time.perf_counter()
 
     def tile_done(self, start: int, outcome: tuple[list[Any], dict, dict] | None,
                   exc: BaseException | None) -> None:
@@ -105,8 +116,18 @@ class _Job:
             self.remaining -= 1
             if self.remaining:
                 return
+        if self.stats is not None and self.values:
+            self._record()
         resolve(self.future, BatchResult(self.values, self.errors, self.too_large), self.exc,
                 self.completion, self.token)
+
+    def _record(self) -> None:
+        try:
+            self.stats.record_batch(  # type: ignore[union-attr]
+                self.method, self.values, self.errors, self.too_large, self.exc,
+                time.perf_counter() - self.started, self.sizes)
+        except Exception:  # a counting bug must never leave a future unresolved
+            log.exception("lmcache_valkey: recording batch stats failed")
 
 
 def resolve(future: Future[BatchResult], result: BatchResult, exc: BaseException | None,
@@ -155,6 +176,7 @@ class _Worker:
         self._last_error: str = ""
         self._last_error_type: type[ValkeyError] = ValkeyConnectionError
         self._failed_epoch = -1
+        self._connects = 0
         self._thread = threading.Thread(
             target=self._loop, name=f"lmcache-valkey-{index}", daemon=True)
         self._thread.start()
@@ -172,7 +194,10 @@ class _Worker:
 
     def _connection(self) -> Connection:
         if self._conn is not None:
-            return self._conn
+            if not self._conn.closed_while_idle():
+                return self._conn
+            # Replace it before the batch instead of failing the batch on it.
+            self._drop_connection()
         now = time.monotonic()
         if now < self._retry_at and self._failed_epoch == self._client._connect_epoch:
             # Same error class as the failed attempt: wrong credentials stay an
@@ -198,7 +223,10 @@ class _Worker:
             self._retry_at = time.monotonic() + self._backoff
             self._last_error = str(e)
             self._failed_epoch = self._client._connect_epoch
+            self._client._stats.record_connect_failure()
             raise
+        self._client._stats.record_connect(reconnect=self._connects > 0)
+        self._connects += 1
         self._backoff = 0.0
         self._client._connect_epoch += 1
         return self._conn
@@ -229,6 +257,9 @@ class _Worker:
             method = getattr(native, tile.method)
             if tile.buffers is None:
                 outcome = method(tile.keys, *tile.args)
+            elif self._client._checksum is not None:  # trailers added and checked here
+                outcome = self._client._checksum.run(native, tile.method, tile.keys,
+                                                     tile.buffers, tile.args)
             else:
                 outcome = method(tile.keys, tile.buffers, *tile.args)
         except ValkeyConnectionError as e:
@@ -342,6 +373,9 @@ class BatchClientBase:
             q = CompletionQueue()
             loop.add_reader(q.fileno(), self._on_loop_completions, q)
             self._loop_queues[loop] = q
+            # A loop that goes away before the client (asyncio.run per call)
+            # must not leave its eventfd open for the life of the process.
+            weakref.finalize(loop, q.close)
         return q
 
     @staticmethod
@@ -428,8 +462,10 @@ class ValkeyClient(BatchClientBase):
         self.config = config
         self.closed = False
         self._connect_epoch = 0  # bumped by every successful connect (ends back-offs)
+        self._stats = ClientStats()
         self._prefix = config.key_prefix
         self._ttl_ms = config.ttl_ms
+        self._checksum = checksum_for(config.checksum)
         self._workers = [_Worker(self, i) for i in range(config.num_connections)]
         self._next_worker = itertools.count()
         self._loop_queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CompletionQueue] = \
@@ -444,6 +480,12 @@ class ValkeyClient(BatchClientBase):
     def embedded_server(self) -> EmbeddedValkey | None:
         """The server this client started, if it started one."""
         return self._server
+
+    def stats(self) -> StatsSnapshot:
+        """This client's counters so far: keys per outcome, errors by kind,
+        value bytes, batch latency histogram, connects (see
+        :mod:`lmcache_valkey.stats`). ``print()`` it, or ``.to_dict()``."""
+        return self._stats.snapshot(self.config.endpoint)
 
     # -- keys and tiling ---------------------------------------------------
 
@@ -478,7 +520,7 @@ class ValkeyClient(BatchClientBase):
         else:
             sizes = [1] * len(bkeys)
             parts = min(len(self._workers), max(1, len(bkeys) // _MIN_TILE_KEYS))
-        job = _Job(len(bkeys), failed_value, 1, completion, token)
+        job = _Job(len(bkeys), failed_value, 1, completion, token, self._stats, method, sizes)
         if not bkeys:
             job.tile_done(0, None, None)
             return job.future
@@ -589,4 +631,8 @@ def _cursor_text(cursor: Any) -> str:
 
 def _remove_reader_and_close(loop: asyncio.AbstractEventLoop, q: CompletionQueue) -> None:
     loop.remove_reader(q.fileno())
+    # close() joined the workers first, so every batch has ended and is in q;
+    # deliver them now: removing the reader also cancels a wake-up already
+    # due, and those awaits would never end.
+    BatchClientBase._on_loop_completions(q)
     q.close()

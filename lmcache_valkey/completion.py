@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import threading
 from concurrent.futures import Future
 from typing import Any
 
@@ -21,6 +22,9 @@ class CompletionQueue:
     def __init__(self) -> None:
         self._fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._done: collections.deque[tuple[Future[Any], Any]] = collections.deque()
+        # close() may run on another thread than put() (e.g. when an event
+        # loop is collected): never write to an fd number already reused.
+        self._lock = threading.Lock()
 
     def fileno(self) -> int:
         return self._fd
@@ -28,8 +32,9 @@ class CompletionQueue:
     def put(self, future: Future[Any], token: Any = None) -> None:
         """Called by a worker thread once `future` is resolved."""
         self._done.append((future, token))
-        with contextlib.suppress(OSError):  # closed under us: nobody is waiting
-            os.eventfd_write(self._fd, 1)
+        with self._lock, contextlib.suppress(OSError):
+            if self._fd >= 0:  # closed: nobody is waiting
+                os.eventfd_write(self._fd, 1)
 
     def drain(self) -> list[tuple[Future[Any], Any]]:
         """Clear the eventfd and return every pair finished so far.
@@ -45,6 +50,7 @@ class CompletionQueue:
         return out
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from .errors import ConfigError
+from .integrity import checksum_for
 
 DEFAULT_PORT = 6379
 _TCP_SCHEMES = ("valkey", "redis")
@@ -89,6 +90,8 @@ class ClientConfig:
     tls_key_file: str | None = None
     tls_server_name: str | None = None  # name checked against the certificate
     tls_check_hostname: bool = True
+    # End-to-end value checksum: "none", "xxh3" or "crc32c" (lmcache_valkey.integrity).
+    checksum: str = "none"
 
     # -- construction ------------------------------------------------------
 
@@ -152,6 +155,7 @@ class ClientConfig:
             raise ConfigError("tls_cert_file and tls_key_file go together")
         if not self.tls and any((self.tls_ca_file, self.tls_cert_file, self.tls_server_name)):
             raise ConfigError("TLS options given but TLS is off: use valkeys:// or tls=true")
+        checksum_for(self.checksum)  # a known name, and its library is installed
 
     # -- derived -----------------------------------------------------------
 
@@ -204,7 +208,7 @@ _OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(ClientConfig))
 
 
 _QUERY_OPTIONS = ("db", "cluster", "read_from_replicas", "tls", "tls_ca_file", "tls_cert_file",
-                  "tls_key_file", "tls_server_name", "tls_check_hostname")
+                  "tls_key_file", "tls_server_name", "tls_check_hostname", "checksum")
 
 
 def _parse_url(url: str) -> dict[str, Any]:
@@ -318,6 +322,8 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
     if out.get("cluster") and out.get("host") and not out.get("cluster_nodes"):
         port = _as_number("port", out.get("port", DEFAULT_PORT), int)
         out["cluster_nodes"] = ((out["host"], port),)
+    if isinstance(out.get("checksum"), str):
+        out["checksum"] = out["checksum"].strip().lower()
     prefix = out.get("key_prefix")
     if isinstance(prefix, str):
         out["key_prefix"] = prefix.encode()

@@ -11,6 +11,7 @@ password.
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import ssl
 from typing import Any
@@ -25,16 +26,24 @@ class Connection:
     """A connected, authenticated socket and its engine (RespConnection, or
     TlsRespConnection over TLS)."""
 
-    __slots__ = ("sock", "native", "endpoint")
+    __slots__ = ("sock", "native", "endpoint", "_poll")
 
     def __init__(self, sock: socket.socket, native: Any, endpoint: str) -> None:
         self.sock = sock
         self.native = native
         self.endpoint = endpoint
+        self._poll = select.poll()
+        self._poll.register(sock.fileno(), select.POLLIN)
 
     @property
     def usable(self) -> bool:
         return not self.native.failed
+
+    def closed_while_idle(self) -> bool:
+        """Between batches nothing may be readable: a readable (or hung-up,
+        or errored) idle connection was closed or reset by the server or the
+        network (a restart, the server's idle ``timeout``, a middlebox)."""
+        return bool(self._poll.poll(0))
 
     def abort(self) -> None:
         """Fail a batch running in another thread; safe to call any time."""

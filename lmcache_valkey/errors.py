@@ -3,6 +3,7 @@
 * ServerReplyError  - the server answered one command with an error reply
   (-ERR, -WRONGTYPE, -OOM ...). For batch commands this is a per-key result,
   not an exception: it is reported in ``BatchResult.errors``.
+  IntegrityError (a value that failed its checksum) is reported there too.
 * ConfigError       - the caller's configuration or input is wrong
   (a ValueError, so plain ``except ValueError`` catches it too).
 * ValkeyConnectionError / ValkeyTimeoutError / ProtocolError - the connection
@@ -58,6 +59,15 @@ class ProtocolError(ValkeyConnectionError):
 
 class ClientClosedError(ValkeyError, RuntimeError):
     """The client was closed before or while the batch ran."""
+
+
+class IntegrityError(ValkeyError):
+    """A value failed its checksum on load (the ``checksum`` option): it was
+    corrupted somewhere between writer and reader, or written without (or
+    with another) checksum. A per-key result in ``BatchResult.errors``, like
+    a server error reply; the key reads as a miss. ``code`` is ``CHECKSUM``."""
+
+    code = "CHECKSUM"
 
 
 class TlsError(ValkeyConnectionError):

@@ -3,6 +3,8 @@ close() while batches are in flight."""
 
 from __future__ import annotations
 
+import asyncio
+import struct
 import threading
 import time
 
@@ -58,7 +60,7 @@ def test_server_killed_mid_batch_then_restarted(make_server, make_client) -> Non
             failures += 1
             partial = e.partial
             # Keys that completed are exact; the rest are reported failed.
-            for n, d in zip(partial, dests):
+            for n, d in zip(partial, dests, strict=True):
                 if n is not None:
                     assert n == VALUE and (d == value).all()
             break
@@ -100,7 +102,8 @@ def test_close_with_batches_in_flight(make_server, make_client) -> None:
 
 
 @pytest.mark.timeout(30)
-def test_server_that_accepts_but_never_answers_auth_fails_within_connect_timeout(make_client) -> None:
+def test_server_that_accepts_but_never_answers_auth_fails_within_connect_timeout(
+        make_client) -> None:
     # A listening socket that never speaks: a real server can't be made to hang
     # in its handshake, so a bare loopback listener stands in for one.
     import socket
@@ -115,3 +118,159 @@ def test_server_that_accepts_but_never_answers_auth_fails_within_connect_timeout
         with pytest.raises(ValkeyConnectionError, match=f"127.0.0.1:{port}"):
             c.batch_exists(["k"])
         assert time.monotonic() - t0 < 3
+
+
+# -- kill -9 with persistence: "reported stored" must mean stored ---------------
+
+
+def generation_values(base: np.ndarray, gen: int, n: int) -> list[np.ndarray]:
+    """Per key and per round, a distinct value: (round, key) in its first bytes."""
+    out = []
+    for i in range(n):
+        v = base.copy()
+        v[:16] = np.frombuffer(struct.pack("<QQ", gen, i), np.uint8)
+        out.append(v)
+    return out
+
+
+@pytest.mark.timeout(90)
+def test_server_killed_mid_set_batch_every_key_reported_stored_survives(make_server,
+                                                                       make_client) -> None:
+    # appendfsync always: the server makes a write durable before it answers
+    # +OK, so after kill -9 and a restart every key the client reported True
+    # must be there with exactly the bytes of that batch.
+    s = make_server(config={"appendonly": "yes", "appendfsync": "always"})
+    c = make_client(s.url, num_connections=2, op_timeout_s=5.0, reconnect_backoff_max_s=0.2)
+    n, size = 32, 1 << 20
+    keys = [f"k{i}" for i in range(n)]
+    base = np.random.default_rng(2).integers(0, 256, size, dtype=np.uint8)
+    killer = threading.Timer(0.3, s.kill)
+    killer.start()
+    failure = None
+    for gen in range(1000):  # until the kill lands in a batch
+        values = generation_values(base, gen, n)
+        try:
+            assert all(c.batch_set(keys, values))
+        except ValkeyConnectionError as e:
+            failure = e
+            break
+    killer.join()
+    assert failure is not None, "the kill never hit a batch"
+    reported = list(failure.partial)
+    assert len(reported) == n and all(ok in (True, False) for ok in reported)
+
+    s.start()  # same port, same directory: the append-only file is replayed
+    wait_until_serving(c)
+    dests = [np.zeros(size, np.uint8) for _ in keys]
+    got = c.batch_get_into(keys, dests)
+    for i, ok in enumerate(reported):
+        if ok:
+            assert got[i] == size and (dests[i] == values[i]).all(), f"key {i} reported stored"
+
+
+@pytest.mark.timeout(60)
+def test_futures_and_awaits_in_flight_when_the_server_dies_all_end(make_server,
+                                                                  make_client) -> None:
+    s = make_server()
+    c = make_client(s.url, num_connections=2, op_timeout_s=5.0)
+    keys = [f"k{i}" for i in range(32)]
+    value = np.random.default_rng(3).integers(0, 256, VALUE, dtype=np.uint8)
+    assert all(c.batch_set(keys, [value] * len(keys)))
+    dests = [[np.zeros(VALUE, np.uint8) for _ in keys] for _ in range(8)]
+
+    async def awaited() -> list[object]:
+        calls = [c.abatch_get_into(keys, d) for d in dests[4:]]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    futures = [c.submit_batch_get_into(keys, d) for d in dests[:4]]
+    threading.Timer(0.05, s.kill).start()
+    outcomes = [*(f.exception(timeout=15) or f.result() for f in futures),
+                *asyncio.run(asyncio.wait_for(awaited(), 15))]
+    failed = 0
+    for outcome, d in zip(outcomes, dests, strict=True):
+        if isinstance(outcome, ValkeyConnectionError):
+            failed += 1
+            outcome = outcome.partial
+        assert isinstance(outcome, list) and len(outcome) == len(keys), outcome
+        for n, buf in zip(outcome, d, strict=True):  # no key reported done that is not
+            assert n is None or (n == VALUE and (buf == value).all())
+    assert failed > 0, "the kill never hit a batch"
+
+
+@pytest.mark.timeout(60)
+def test_server_restarted_while_idle_next_batch_reconnects_without_failing(
+        make_server, make_client) -> None:
+    # The old connections were closed by the dead server (the kernel has the
+    # FIN or RST): they are replaced before the next batch, not failed on.
+    s = make_server()
+    c = make_client(s.url, num_connections=2)
+    c.connect()
+    s.kill()
+    s.start()
+    assert c.batch_set(["k"], [b"v"]) == [True]
+    assert c.batch_exists(["k"] * 200) == [True] * 200  # tiled over both connections
+
+
+# -- close() with batches in flight everywhere -----------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_close_with_batches_in_flight_from_threads_and_asyncio(make_server,
+                                                               make_client) -> None:
+    baseline = set(threading.enumerate())
+    s = make_server()
+    c = make_client(s.url, num_connections=2)
+    keys = [f"k{i}" for i in range(16)]
+    value = np.random.default_rng(4).integers(0, 256, VALUE, dtype=np.uint8)
+    c.batch_set(keys, [value] * len(keys))
+    outcomes: dict[str, list[object]] = {}
+    started = threading.Barrier(5)
+
+    def check(result: object, dests: list[np.ndarray]) -> object:
+        assert result == [VALUE] * len(keys)
+        assert all((d == value).all() for d in dests)
+        return "ok"
+
+    def blocking(name: str) -> None:
+        dests = [np.zeros(VALUE, np.uint8) for _ in keys]
+        out = outcomes.setdefault(name, [])
+        started.wait()
+        while True:
+            try:
+                out.append(check(c.batch_get_into(keys, dests), dests))
+            except ClientClosedError:
+                out.append("closed")
+                return
+
+    async def awaiting(busy: threading.Event) -> None:
+        out = outcomes.setdefault("asyncio", [])
+        dests = [[np.zeros(VALUE, np.uint8) for _ in keys] for _ in range(6)]
+        tasks = [asyncio.ensure_future(c.abatch_get_into(keys, d)) for d in dests]
+        await asyncio.sleep(0)
+        started.wait()
+        # Keep this loop busy while close() runs: the completions must still
+        # reach the awaits afterwards.
+        busy.set()
+        time.sleep(0.3)
+        for t, d in zip(tasks, dests, strict=True):
+            try:
+                out.append(check(await asyncio.wait_for(t, 10), d))
+            except ClientClosedError:
+                out.append("closed")
+
+    busy = threading.Event()
+    threads = [threading.Thread(target=blocking, args=(f"thread{i}",)) for i in range(4)]
+    threads.append(threading.Thread(target=asyncio.run, args=(awaiting(busy),)))
+    for t in threads:
+        t.start()
+    busy.wait(10)
+    c.close()
+    for t in threads:
+        t.join(15)
+    assert not any(t.is_alive() for t in threads), "a caller is still blocked after close()"
+    assert sorted(outcomes) == ["asyncio", "thread0", "thread1", "thread2", "thread3"]
+    assert len(outcomes["asyncio"]) == 6
+    assert all(out[-1] == "closed" for name, out in outcomes.items() if name != "asyncio")
+    assert "closed" in outcomes["asyncio"]
+    assert [t for t in threading.enumerate()
+            if t not in baseline and t.name.startswith("lmcache-valkey")] == []

@@ -61,6 +61,8 @@ from ..errors import (
     ServerReplyError,
     ValkeyConnectionError,
 )
+from ..integrity import checksum_for
+from ..stats import StatsSnapshot
 from .slots import key_slot
 from .topology import Addr, SlotMap, _endpoint, fetch_slot_map
 
@@ -258,6 +260,10 @@ class _ClusterJob:
             op = self.op
             jobs = [(i, prefix + self.keys[i],
                      None if self.buffers is None else self.buffers[i]) for i in idxs]
+            check = self.client._checksum
+            if check is not None and op in (_GET, _SET):  # trailers, as on the fast path
+                jobs = [(i, key, check.seal(key, buf, j) if op == _SET else check.open(buf, j))
+                        for j, (i, key, buf) in enumerate(jobs)]
 
             def run(conn: Connection) -> BatchResult:
                 values: list[Any] = []
@@ -270,6 +276,9 @@ class _ClusterJob:
                     except ServerReplyError as e:
                         values.append(_FAILED_VALUE[op])
                         errors[j] = e
+                if check is not None and op == _GET:
+                    check.finish_get((values, errors, too_large), [k for _, k, _ in jobs],
+                                     [b for _, _, b in jobs])
                 return BatchResult(values, errors, too_large)
 
             fut = node.submit_call(run)
@@ -339,6 +348,7 @@ class ValkeyClusterClient(BatchClientBase):
         self.config = config
         self.closed = False
         self._prefix = config.key_prefix
+        self._checksum = checksum_for(config.checksum)  # for the ASK slow path
         seeds = list(config.cluster_nodes)
         if not seeds and config.host:
             seeds = [(config.host, config.port)]
@@ -367,6 +377,24 @@ class ValkeyClusterClient(BatchClientBase):
     def embedded_server(self) -> None:
         """Always None: a cluster client never starts a server."""
         return None
+
+    def stats(self) -> StatsSnapshot:
+        """The sum of the node clients' counters (each in ``.nodes``), plus
+        MOVED/ASK redirections and slot-map refreshes in ``.cluster``. A
+        redirected key counts as a MOVED/ASK error on the node that sent it
+        on, and again where it was retried (ASK retries run outside the
+        batch path and are not counted there)."""
+        with self._lock:
+            clients = list(self._nodes.items())
+        nodes: dict[str, StatsSnapshot] = {}
+        for (addr, _), node in clients:  # a node may have a READONLY client too
+            ep = _endpoint(addr)
+            snap = node.stats()
+            nodes[ep] = StatsSnapshot.combine(ep, [nodes[ep], snap]) if ep in nodes else snap
+        seeds = ",".join(_endpoint(a) for a in self._seeds)
+        return StatsSnapshot.combine(
+            f"cluster {seeds}", nodes.values(), nodes=dict(sorted(nodes.items())),
+            cluster={"moved": self.moves, "ask": self.asks, "topology_refreshes": self.refreshes})
 
     # -- topology ---------------------------------------------------------------
 

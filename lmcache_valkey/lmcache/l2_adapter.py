@@ -50,6 +50,7 @@ from ..config import ClientConfig, Secret
 from ..errors import ClientClosedError, ConfigError
 from ..factory import AnyClient, open_client
 from ..ratelimited_log import RateLimitedLog
+from ..server_stats import glob_escape
 
 if TYPE_CHECKING:
     from lmcache.v1.distributed.api import MemoryLayoutDesc
@@ -103,15 +104,6 @@ def decode_object_key(name: bytes) -> EncodedObjectKey | None:
                                 cache_salt=parts[4] if len(parts) == 5 else "")
     except (UnicodeDecodeError, ValueError):
         return None
-
-
-def _glob_escape(data: bytes) -> bytes:
-    out = bytearray()
-    for b in data:
-        if b in b"*?[]\\":
-            out += b"\\"
-        out.append(b)
-    return bytes(out)
 
 
 # -- buffers ------------------------------------------------------------------
@@ -616,9 +608,9 @@ class ValkeyL2Adapter(L2AdapterInterface):
         if not scan.replace(":", "").isdigit():  # "N" (one server) or "node:N" (cluster)
             raise ValueError(f"malformed cursor {cursor!r}")
         prefix = self._config.key_prefix
-        pattern = _glob_escape(prefix)
+        pattern = glob_escape(prefix)
         if model_name is not None:
-            pattern += _glob_escape(model_name.encode() + _KEY_SEP.encode())
+            pattern += glob_escape(model_name.encode() + _KEY_SEP.encode())
         pattern += b"*"
         names: list[bytes] = []
         for _ in range(64):  # bounded: SCAN may return empty batches
@@ -655,6 +647,7 @@ class ValkeyL2Adapter(L2AdapterInterface):
                 "closed": self._closed,
             }
             status.update(self._counts)
+        status["client"] = self._client.stats().summary()
         return status
 
     def close(self) -> None:

@@ -64,6 +64,7 @@ from ..config import ClientConfig
 from ..errors import ConfigError, ValkeyError, ValkeyTimeoutError
 from ..factory import AnyClient, open_client
 from ..ratelimited_log import RateLimitedLog
+from ..server_stats import glob_escape
 
 log = logging.getLogger(__name__)
 
@@ -458,7 +459,7 @@ class ValkeyRemoteConnector(RemoteConnector):
 
     def _scan(self, limit: int) -> builtins.list[str]:
         prefix = self._client.config.key_prefix
-        pattern = _glob_escape(prefix) + b"*"
+        pattern = glob_escape(prefix) + b"*"
         keys: builtins.list[str] = []
         cursor = "0"
         while len(keys) < limit:
@@ -487,11 +488,3 @@ class ValkeyRemoteConnector(RemoteConnector):
         self._client.close()
         log.info("lmcache_valkey connector %r closed", self.plugin_name)
 
-
-def _glob_escape(raw: bytes) -> bytes:
-    out = bytearray()
-    for b in raw:
-        if b in b"*?[]\\":
-            out += b"\\"
-        out.append(b)
-    return bytes(out)

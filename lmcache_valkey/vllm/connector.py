@@ -24,11 +24,16 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     KVConnectorMetadata,
     KVConnectorRole,
 )
+from vllm.distributed.kv_transfer.kv_connector.v1.metrics import (
+    KVConnectorPromMetrics,
+    KVConnectorStats,
+)
 
 from ..errors import ConfigError
 from .config import ConnectorConfig, hash_seed_is_stable, kv_namespace
 from .metadata import ValkeyConnectorMetadata
 from .scheduler_side import SchedulerSide
+from .stats import ValkeyConnectorStats, ValkeyPromMetrics
 from .worker_side import WorkerSide
 
 if TYPE_CHECKING:
@@ -148,6 +153,23 @@ class ValkeyConnector(KVConnectorBase_V1):
 
     def shutdown(self) -> None:
         self._client.close()
+
+    # -- stats (vLLM's log line and /metrics) --------------------------------
+
+    def get_kv_connector_stats(self) -> KVConnectorStats | None:
+        side = self._scheduler if self._scheduler is not None else self._worker
+        return side.stats.take() if side is not None else None
+
+    @classmethod
+    def build_kv_connector_stats(cls, data: dict[str, Any] | None = None
+                                 ) -> KVConnectorStats | None:
+        return ValkeyConnectorStats(data=dict(data or {}))
+
+    @classmethod
+    def build_prom_metrics(cls, vllm_config: VllmConfig, metric_types: dict[type, type],
+                           labelnames: list[str], per_engine_labelvalues: dict[int, list[object]]
+                           ) -> KVConnectorPromMetrics | None:
+        return ValkeyPromMetrics(vllm_config, metric_types, labelnames, per_engine_labelvalues)
 
 
 def namespace_fields(vllm_config: VllmConfig, kv_cache_config: KVCacheConfig | None

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..ratelimited_log import RateLimitedLog
 from .metadata import BlockTransfer, ValkeyConnectorMetadata
+from .stats import StatsRecorder
 
 if TYPE_CHECKING:
     from vllm.v1.core.kv_cache_manager import KVCacheBlocks
@@ -57,6 +58,7 @@ class SchedulerSide:
         self.lookup_latencies_s: list[float] = []
         self.lookups = 0
         self.hit_tokens = 0
+        self.stats = StatsRecorder()  # what vLLM takes each step
         self._last_summary = time.monotonic()
 
     # -- lookup ------------------------------------------------------------
@@ -84,6 +86,7 @@ class SchedulerSide:
                               "found on the nodes that answered), serving the rest "
                               "without external KV: %s",
                               sum(hit is True for hit in found), len(hashes), e)
+            self.stats.add(lookup_failures=1)
             if not any(hit is True for hit in found):
                 return 0, False
         self._record_latency(time.perf_counter() - t0)
@@ -94,6 +97,7 @@ class SchedulerSide:
         if n:
             st.pending_load = (first, n)
             self.hit_tokens += n * bs
+        self.stats.add(lookups=1, lookup_blocks=n_check - first, hit_blocks=n, hit_tokens=n * bs)
         return n * bs, False
 
     def _record_latency(self, dt: float) -> None:

@@ -27,6 +27,7 @@ import torch
 from ..ratelimited_log import RateLimitedLog
 from .kv_layout import BlockLayout
 from .metadata import BlockTransfer
+from .stats import StatsRecorder
 
 # Under "vllm." so that vLLM's own log handler and level apply to our lines.
 log = logging.getLogger("vllm." + __name__)
@@ -43,6 +44,7 @@ class WorkerSide:
         self.blocks_loaded = 0
         self.blocks_saved = 0
         self.blocks_failed = 0
+        self.stats = StatsRecorder()  # what vLLM takes each step
 
     def register_kv_caches(self, kv_caches: dict[str, torch.Tensor], num_blocks: int) -> None:
         self._layout = BlockLayout(kv_caches, num_blocks)
@@ -70,6 +72,7 @@ class WorkerSide:
             sizes = list(self._client.batch_get_into(keys, dests))
         except Exception as e:
             sizes = _partial(e, len(keys))
+            self.stats.add(load_failures=1)
             self._log.warning("load", "ValkeyConnector: load of %d blocks failed (%d done); "
                               "vLLM recomputes the rest: %s", len(keys),
                               sum(s == layout.block_nbytes for s in sizes), e)
@@ -86,7 +89,10 @@ class WorkerSide:
             self._log.warning("load-miss", "ValkeyConnector: %d of %d blocks could not be "
                               "loaded (evicted, expired or short); vLLM recomputes them",
                               len(failed), len(block_ids))
-        self.blocks_loaded += len(block_ids) - len(failed)
+        loaded = len(block_ids) - len(failed)
+        self.blocks_loaded += loaded
+        self.stats.add(loaded_blocks=loaded, load_error_blocks=len(failed),
+                       loaded_bytes=loaded * layout.block_nbytes)
 
     def take_load_errors(self) -> set[int]:
         errors, self._load_errors = self._load_errors, set()
@@ -107,17 +113,24 @@ class WorkerSide:
             results = self._client.batch_set(keys, values)
         except Exception as e:
             # A cluster node down fails only its blocks: count the others.
-            self.blocks_saved += sum(r is True for r in _partial(e, len(keys)))
+            stored = sum(r is True for r in _partial(e, len(keys)))
+            self.blocks_saved += stored
+            self._count_saved(stored, len(keys), failures=1)
             self._log.warning("save", "ValkeyConnector: saving %d blocks failed: %s",
                               len(keys), e)
             return
         stored = sum(r is True for r in results)
         self.blocks_saved += stored
+        self._count_saved(stored, len(keys))
         if stored < len(keys):
             errs = getattr(results, "errors", {}) or {}
             self._log.warning("save-partial", "ValkeyConnector: %d of %d blocks not stored%s",
                               len(keys) - stored, len(keys),
                               f" (e.g. {next(iter(errs.values()))})" if errs else "")
+
+    def _count_saved(self, stored: int, sent: int, failures: int = 0) -> None:
+        self.stats.add(saved_blocks=stored, save_error_blocks=sent - stored,
+                       saved_bytes=stored * self.layout.block_nbytes, save_failures=failures)
 
 
 def _flatten(transfers: list[BlockTransfer], key_of: Any) -> tuple[list[str], list[int]]:
