@@ -39,7 +39,7 @@ fuzz: $(STAMP)                 ## the million-input RESP fuzz run, figures print
 ASAN_VENV    := .venv-asan
 ASAN_OPTS    := detect_leaks=0:abort_on_error=1:halt_on_error=1:max_allocation_size_mb=1024
 ASAN_TESTS   ?= tests/test_parser.py tests/test_fake_server.py tests/test_client.py \
-                tests/test_fuzz.py tests/test_hostile_input.py
+                tests/test_fuzz.py tests/test_hostile_input.py tests/test_faults_concurrency.py
 
 asan: $(ASAN_VENV)/.installed  ## parser, engine and batch tests + quick fuzz under ASan
 	LD_PRELOAD=$$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=$(ASAN_OPTS) \

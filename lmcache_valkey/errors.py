@@ -16,6 +16,8 @@ passwords or usernames.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ValkeyError(Exception):
     """Base class of every error this package raises."""
@@ -74,3 +76,12 @@ class TlsError(ValkeyConnectionError):
     """The TLS layer refused the connection: certificate verification,
     hostname mismatch, a client certificate the server wanted, or a TLS alert.
     The message names the endpoint and the reason, never credentials."""
+
+
+def partial_results(exc: BaseException, n: int) -> list[Any]:
+    """The ``n`` per-key results a failed batch delivered before it failed
+    (``exc.partial``; a cluster fills in the nodes that answered), ``None``
+    for every key it did not: never a success that did not happen."""
+    partial = getattr(exc, "partial", None)
+    out = list(partial) if isinstance(partial, list) else []
+    return (out + [None] * n)[:n]

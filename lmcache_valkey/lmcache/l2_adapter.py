@@ -47,7 +47,7 @@ from lmcache.v1.distributed.l2_adapters.config import L2AdapterConfigBase
 from lmcache.v1.platform import create_event_notifier
 
 from ..config import ClientConfig, Secret
-from ..errors import ClientClosedError, ConfigError
+from ..errors import ClientClosedError, ConfigError, partial_results
 from ..factory import AnyClient, open_client
 from ..ratelimited_log import RateLimitedLog
 from ..server_stats import glob_escape
@@ -571,7 +571,7 @@ class ValkeyL2Adapter(L2AdapterInterface):
             fut = self._client.submit_batch_delete([encode_object_key(k) for k in keys])
             removed = fut.result(timeout=self._wait_s)
         except Exception as e:
-            removed = getattr(e, "partial", None) or []
+            removed = partial_results(e, len(keys))
             self._record_error("delete", e)
         deleted: list[ObjectKey] = []
         sizes: list[int] = []

@@ -61,7 +61,7 @@ from lmcache.v1.storage_backend.connector.base_connector import RemoteConnector
 
 from ..client import BatchResult
 from ..config import ClientConfig
-from ..errors import ConfigError, ValkeyError, ValkeyTimeoutError
+from ..errors import ConfigError, ValkeyError, ValkeyTimeoutError, partial_results
 from ..factory import AnyClient, open_client
 from ..ratelimited_log import RateLimitedLog
 from ..server_stats import glob_escape
@@ -122,12 +122,6 @@ def _release_when_done(objs: list[MemoryObj], task: asyncio.Future[Any]) -> None
     if not task.cancelled():
         task.exception()  # retrieved: no "exception was never retrieved" noise
     _release(objs)
-
-
-def _partial_results(exc: BaseException) -> Sequence[Any]:
-    """The per-key results a failed batch still delivered (``[]`` if none)."""
-    partial = getattr(exc, "partial", None)
-    return partial if isinstance(partial, list) else []
 
 
 def _prefix_hits(results: Sequence[Any]) -> int:
@@ -332,8 +326,7 @@ class ValkeyRemoteConnector(RemoteConnector):
         except Exception as e:
             self._log.warning("get", "lmcache_valkey: load of %d chunks failed: %s",
                       len(objs), e)
-            partial = getattr(e, "partial", None)
-            result = partial if isinstance(partial, list) else [None] * len(objs)
+            result = partial_results(e, len(objs))
         too_large = result.too_large if isinstance(result, BatchResult) else {}
         for i, obj in enumerate(objs):
             out[i] = self._accept(obj, result[i], keys[i], too_large.get(i))
@@ -369,7 +362,7 @@ class ValkeyRemoteConnector(RemoteConnector):
         except Exception as e:
             self._log.warning("exists", "lmcache_valkey: lookup failed: %s", e)
             # A cluster node down: the keys before its first one still count.
-            return _prefix_hits(_partial_results(e))
+            return _prefix_hits(partial_results(e, len(keys)))
         return _prefix_hits(res)
 
     def support_batched_async_contains(self) -> bool:
@@ -386,7 +379,7 @@ class ValkeyRemoteConnector(RemoteConnector):
         except Exception as e:
             self._log.warning("exists", "lmcache_valkey: lookup failed: %s", e)
             # A cluster node down: the keys before its first one still count.
-            return _prefix_hits(_partial_results(e))
+            return _prefix_hits(partial_results(e, len(keys)))
         return _prefix_hits(res)
 
     # -- loads -------------------------------------------------------------

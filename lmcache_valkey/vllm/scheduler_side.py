@@ -21,6 +21,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..errors import partial_results
 from ..ratelimited_log import RateLimitedLog
 from .metadata import BlockTransfer, ValkeyConnectorMetadata
 from .stats import StatsRecorder
@@ -81,7 +82,7 @@ class SchedulerSide:
         except Exception as e:  # unreachable server: serve cold
             # With a cluster, the keys on the nodes that answered still count
             # (`partial`); a single server that is down has none.
-            found = getattr(e, "partial", None) or []
+            found = partial_results(e, len(hashes))
             self._log.warning("lookup", "ValkeyConnector: lookup failed (%d of %d blocks "
                               "found on the nodes that answered), serving the rest "
                               "without external KV: %s",

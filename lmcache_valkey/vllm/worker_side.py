@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from ..errors import partial_results
 from ..ratelimited_log import RateLimitedLog
 from .kv_layout import BlockLayout
 from .metadata import BlockTransfer
@@ -71,7 +72,7 @@ class WorkerSide:
         try:
             sizes = list(self._client.batch_get_into(keys, dests))
         except Exception as e:
-            sizes = _partial(e, len(keys))
+            sizes = partial_results(e, len(keys))
             self.stats.add(load_failures=1)
             self._log.warning("load", "ValkeyConnector: load of %d blocks failed (%d done); "
                               "vLLM recomputes the rest: %s", len(keys),
@@ -113,7 +114,7 @@ class WorkerSide:
             results = self._client.batch_set(keys, values)
         except Exception as e:
             # A cluster node down fails only its blocks: count the others.
-            stored = sum(r is True for r in _partial(e, len(keys)))
+            stored = sum(r is True for r in partial_results(e, len(keys)))
             self.blocks_saved += stored
             self._count_saved(stored, len(keys), failures=1)
             self._log.warning("save", "ValkeyConnector: saving %d blocks failed: %s",
@@ -140,13 +141,6 @@ def _flatten(transfers: list[BlockTransfer], key_of: Any) -> tuple[list[str], li
         keys.extend(key_of(h) for h in t.hashes)
         block_ids.extend(t.block_ids)
     return keys, block_ids
-
-
-def _partial(exc: BaseException, n: int) -> list[Any]:
-    """Per-key results a failed batch completed before it failed (others: None)."""
-    partial = getattr(exc, "partial", None)
-    out = list(partial) if partial is not None else []
-    return (out + [None] * n)[:n]
 
 
 # -- GPU staging (pinned host memory) ------------------------------------------
