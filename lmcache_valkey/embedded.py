@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .errors import ValkeyError
@@ -231,3 +231,15 @@ class EmbeddedValkey:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def url_or_embedded(url: str | None) -> Iterator[str]:
+    """`url` itself, or (when None or empty) the URL of an embedded server
+    started for the ``with`` block: what scripts with a ``--url`` option
+    measure against."""
+    if url:
+        yield url
+        return
+    with EmbeddedValkey() as server:
+        yield server.url

@@ -75,3 +75,22 @@ def raw(server: EmbeddedValkey):
     r = valkey.Valkey(host=server.host, port=server.port)
     yield r
     r.close()
+
+
+# -- the in-process vLLM connector tests (test_vllm_*.py, test_faults_vllm.py) --
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """The tiny local Llama (random weights, local tokenizer) that the
+    in-process connector tests configure vLLM with."""
+    from lmcache_valkey.vllm.tiny_llama import TEST_TINY, build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), **TEST_TINY)
+
+
+@pytest.fixture
+def extra(server, request) -> dict[str, Any]:
+    """``kv_connector_extra_config`` on the shared server, with a key prefix
+    of its own per test: tests never see each other's blocks."""
+    return {"url": server.url, "key_prefix": f"t:{request.node.name}:"}

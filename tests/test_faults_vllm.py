@@ -21,7 +21,6 @@ import pytest
 
 pytest.importorskip("vllm")
 
-import test_vllm_connector as tvc  # noqa: E402
 from server_pressure import (  # noqa: E402
     ALLKEYS_LRU,
     NOEVICTION,
@@ -35,7 +34,6 @@ from vllm_fixtures import BLOCK, Worker, request, scheduler, vllm_config  # noqa
 
 pytestmark = pytest.mark.timeout(120)
 
-model_dir = tvc.model_dir  # the tiny Llama the connector tests use (module fixture)
 PREFIX = "vf:"
 N_BLOCKS = 6               # 200 prompt tokens: 6 full blocks of 32
 

@@ -15,23 +15,11 @@ import pytest
 
 pytest.importorskip("vllm")
 
+from vllm_fixtures import BLOCK, Worker, request, scheduler, vllm_config  # noqa: E402
+
 from lmcache_valkey import EmbeddedValkey, ValkeyClient  # noqa: E402
 from lmcache_valkey.errors import ConfigError  # noqa: E402
 from lmcache_valkey.vllm.config import ConnectorConfig  # noqa: E402
-from lmcache_valkey.vllm.tiny_llama import TEST_TINY, build_tiny_llama  # noqa: E402
-
-from vllm_fixtures import BLOCK, Worker, request, scheduler, vllm_config  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), **TEST_TINY)
-
-
-@pytest.fixture
-def extra(server, request):
-    # A fresh key prefix per test: tests never see each other's blocks.
-    return {"url": server.url, "key_prefix": f"t:{request.node.name}:"}
 
 
 def tokens(n: int, seed: int = 0) -> list[int]:

@@ -28,17 +28,6 @@ from vllm_fixtures import BLOCK, Worker, request, scheduler, vllm_config  # noqa
 from lmcache_valkey import ValkeyClient  # noqa: E402
 from lmcache_valkey.vllm.connector import ValkeyConnector  # noqa: E402
 from lmcache_valkey.vllm.stats import ValkeyConnectorStats  # noqa: E402
-from lmcache_valkey.vllm.tiny_llama import TEST_TINY, build_tiny_llama  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), **TEST_TINY)
-
-
-@pytest.fixture
-def extra(server, request):
-    return {"url": server.url, "key_prefix": f"t:{request.node.name}:"}
 
 
 def tokens(n: int, seed: int) -> list[int]:

@@ -14,27 +14,18 @@ Needs ``pip install 'lmcache_valkey[integrity,bench]'``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import time
-from collections.abc import Iterator
 
 import numpy as np
 
-from lmcache_valkey import EmbeddedValkey, ValkeyClient
+from lmcache_valkey import ValkeyClient
 from lmcache_valkey.bench import parse_size
+from lmcache_valkey.embedded import url_or_embedded
 from lmcache_valkey.integrity import Checksum
 
 SETTINGS = ("none", "xxh3", "crc32c")
 
-
-@contextlib.contextmanager
-def _server(url: str | None) -> Iterator[str]:
-    if url:
-        yield url
-        return
-    with EmbeddedValkey() as s:
-        yield s.url
 
 
 def _timed(fn, *args) -> tuple[tuple[float, float], list]:
@@ -70,7 +61,7 @@ def main() -> None:
     values = [rng.integers(0, 256, args.value_size, dtype=np.uint8) for _ in range(args.keys)]
     dests = [np.ones(args.value_size, np.uint8) for _ in range(args.keys)]  # pre-faulted
     moved = args.keys * args.value_size
-    with _server(args.url) as url:
+    with url_or_embedded(args.url) as url:
         clients = {name: ValkeyClient(url, key_prefix=f"bench-checksum:{name}:", checksum=name,
                                       num_connections=args.num_connections)
                    for name in SETTINGS}

@@ -21,18 +21,10 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from lmcache_valkey import EmbeddedValkey, ValkeyClient
+from lmcache_valkey import ValkeyClient
 from lmcache_valkey.bench import parse_size
+from lmcache_valkey.embedded import url_or_embedded
 from lmcache_valkey.stats import ClientStats
-
-
-@contextlib.contextmanager
-def _server(url: str | None) -> Iterator[str]:
-    if url:
-        yield url
-        return
-    with EmbeddedValkey() as s:
-        yield s.url
 
 
 @contextlib.contextmanager
@@ -81,7 +73,7 @@ def main() -> None:
     keys = [f"k{i}" for i in range(args.keys)]
     exists_keys = [f"k{i % args.keys}" if i % 2 else f"none{i}" for i in range(args.exists_keys)]
     times: dict[tuple[str, bool], list[float]] = {}
-    with _server(args.url) as url, ValkeyClient(url, key_prefix="bench-stats:") as client:
+    with url_or_embedded(args.url) as url, ValkeyClient(url, key_prefix="bench-stats:") as client:
         client.batch_set(keys, values)
         for r in range(args.rounds + 1):  # round 0 warms up
             for on in ((True, False) if r % 2 else (False, True)):
