@@ -23,7 +23,10 @@ Runs that touch (a block-outermost layout keeps all layers of a block side
 by side) merge into one, which does not change the bytes.
 
 The layout is part of the key namespace, so a deployment with another
-layout never reads these bytes.
+layout never reads these bytes. Each tensor is checked not to overlap
+itself; distinct tensors are taken to be disjoint, as vLLM allocates them
+for one KV cache group (overlays happen only between groups, i.e. with the
+hybrid allocator, which vLLM turns off for a connector without HMA support).
 
 On CPU the runs are handed to the client as numpy byte views made once at
 registration: indexing a numpy array costs ~0.2 µs, where a torch slice
@@ -108,29 +111,31 @@ class BlockLayout:
         self._host_views = ([v.numpy() for v in self._run_views]
                             if self.device.type == "cpu" else [])
 
-    def _check(self, block_id: int) -> None:
-        if not 0 <= block_id < self.num_blocks:
-            raise IndexError(f"block id {block_id} outside 0..{self.num_blocks - 1}")
+    def _out_of_range(self, block_id: int) -> IndexError:
+        return IndexError(f"block id {block_id} outside 0..{self.num_blocks - 1}")
 
     def segments(self, block_id: int) -> list[torch.Tensor]:
         """The block's contiguous runs, in stored order, as 1-D uint8 views
         over the KV cache (no copy)."""
-        self._check(block_id)
+        if not 0 <= block_id < self.num_blocks:
+            raise self._out_of_range(block_id)
         return [v[block_id] for v in self._run_views]
 
     def host_segments(self, block_id: int) -> list[Any]:
         """The same runs as :meth:`segments`, as numpy byte views over the
         CPU KV cache (no copy): what the client receives into and sends from."""
-        self._check(block_id)
-        if self.device.type != "cpu":
+        if not self._host_views:
             raise RuntimeError(f"KV cache is on {self.device}: stage through host memory")
+        if not 0 <= block_id < self.num_blocks:
+            raise self._out_of_range(block_id)
         return [a[block_id] for a in self._host_views]
 
     def runs(self, block_id: int) -> list[tuple[int, int]]:
         """The block's runs as ``(address, nbytes)`` on :attr:`device`, in
         stored order: what a staging copy (e.g. one batched device-to-host
         copy) gathers from and scatters into."""
-        self._check(block_id)
+        if not 0 <= block_id < self.num_blocks:
+            raise self._out_of_range(block_id)
         return [(ptr + block_id * stride, n) for ptr, stride, n in self._run_ptrs]
 
     def describe(self) -> list[tuple[str, list[int]]]:
