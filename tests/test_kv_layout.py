@@ -66,13 +66,17 @@ def vllm_kv_caches(vllm_config, layout: KVCacheLayout, dtype: torch.dtype, *,
                              None if kernel_block_size is None else [kernel_block_size])
 
 
-def backing_bytes(t: torch.Tensor) -> torch.Tensor:
-    """The whole allocation under a view, as uint8."""
-    return torch.empty(0, dtype=torch.uint8).set_(t.untyped_storage())
+# The oracle and the fills use numpy: on a busy 2-core machine each small
+# torch op can cost ~20 ms of thread-pool contention.
+
+
+def backing_bytes(t: torch.Tensor) -> np.ndarray:
+    """The whole allocation under a view, as uint8 (no copy)."""
+    return torch.empty(0, dtype=torch.uint8).set_(t.untyped_storage()).numpy()
 
 
 def block_addresses(t: torch.Tensor, block_id: int, num_blocks: int, block_dim: int = 0
-                    ) -> torch.Tensor:
+                    ) -> np.ndarray:
     """Byte offsets (into the storage) of every byte of block ``block_id`` of
     view ``t``, ascending: computed element by element from shape and strides."""
     ratio = t.shape[block_dim] // num_blocks
@@ -82,7 +86,7 @@ def block_addresses(t: torch.Tensor, block_id: int, num_blocks: int, block_dim: 
     for n, s in zip(part.shape, part.stride()):
         addr = addr[..., None] + np.arange(n, dtype=np.int64) * s * el
     addr = addr[..., None] + np.arange(el, dtype=np.int64)
-    return torch.from_numpy(np.sort(addr, axis=None))
+    return np.sort(addr, axis=None)
 
 
 def expected_value(kv: dict[str, torch.Tensor], block_id: int, block_dim: int = 0) -> bytes:
@@ -95,14 +99,18 @@ def expected_value(kv: dict[str, torch.Tensor], block_id: int, block_dim: int = 
             continue
         seen.add(key)
         out.append(backing_bytes(t)[block_addresses(t, block_id, NUM_BLOCKS, block_dim)])
-    return torch.cat(out).numpy().tobytes()
+    return np.concatenate(out).tobytes()
+
+
+def byte_view(t: torch.Tensor) -> np.ndarray:
+    return t.view(torch.uint8).numpy()
 
 
 def fill_random(kv: dict[str, torch.Tensor], seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
     for t in kv.values():
-        b = t.view(torch.uint8)
-        b.copy_(torch.randint(0, 256, b.shape, dtype=torch.uint8, generator=g))
+        b = byte_view(t)
+        b[...] = rng.integers(0, 256, b.shape, dtype=np.uint8)
 
 
 def round_trip(client, kv: dict[str, torch.Tensor], layout: BlockLayout, block_dim: int = 0
@@ -121,8 +129,8 @@ def round_trip(client, kv: dict[str, torch.Tensor], layout: BlockLayout, block_d
         assert list(client.batch_get_into([keys[b]], [buf])) == [layout.block_nbytes]
         assert bytes(buf) == expected_value(kv, b, block_dim), f"block {b}"
     for t in kv.values():
-        t.view(torch.uint8).zero_()
-    assert not any(bool(t.view(torch.uint8).any()) for t in kv.values())
+        byte_view(t)[...] = 0
+    assert not any(byte_view(t).any() for t in kv.values())
     sizes = client.batch_get_into(keys, [layout.host_segments(b) for b in blocks])
     assert list(sizes) == [layout.block_nbytes] * NUM_BLOCKS
     for name, t in kv.items():
@@ -135,17 +143,17 @@ def writes_stay_in_block(kv: dict[str, torch.Tensor], layout: BlockLayout, block
     block's bytes: nothing else in the allocation changes (padding included)."""
     fill_random(kv, seed=block_id)
     storages = {t.untyped_storage().data_ptr(): t for t in kv.values()}
-    before = {p: backing_bytes(t).clone() for p, t in storages.items()}
+    before = {p: backing_bytes(t).copy() for p, t in storages.items()}
     for seg in layout.host_segments(block_id):
         seg[...] = 0xFF
     for p, t in storages.items():
         after = backing_bytes(t)
-        mine = torch.zeros(after.numel(), dtype=torch.bool)
+        mine = np.zeros(after.size, dtype=bool)
         for other in kv.values():
             if other.untyped_storage().data_ptr() == p:
                 mine[block_addresses(other, block_id, NUM_BLOCKS, block_dim)] = True
-        assert bool((after[mine] == 0xFF).all())
-        assert torch.equal(after[~mine], before[p][~mine])
+        assert (after[mine] == 0xFF).all()
+        assert np.array_equal(after[~mine], before[p][~mine])
 
 
 def spans(segments) -> list[tuple[int, int]]:
