@@ -162,12 +162,10 @@ def test_local_prefix_cache_hits_are_not_looked_up_again(model_dir, extra):
     vc = vllm_config(model_dir, extra, prefix_caching=True)
     toks = tokens(300, seed=8)
     w = Worker(vc, seed=1)
-    sched = scheduler(vc)
-    r1 = request(toks)
-    sched.add_request(r1)
-    w.step(sched.schedule().kv_connector_metadata)
-    # The first request's blocks stay cached locally; a second identical
-    # request hits vLLM's own prefix cache, and the connector adds nothing.
+    eng = Engine(vc, [w])
+    r1 = eng.add(request(toks))
+    eng.run_until(lambda: eng.first_scheduled(r1) is not None)
+    sched = eng.sched
     conn = sched.connector
     assert conn.get_num_new_matched_tokens(r1, 9 * BLOCK) == (0, False)
 

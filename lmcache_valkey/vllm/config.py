@@ -22,7 +22,7 @@ from ..errors import ConfigError
 DEFAULT_KEY_PREFIX = "vllm:kv:"
 DEFAULT_TTL_S = 3600.0
 #: Bumped whenever the stored value layout changes, so old values become misses.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 #: The connector's numeric options -> (default, minimum, what a valid value is).
 _NUMBERS: dict[str, tuple[float, float | None, str]] = {

@@ -33,6 +33,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.metrics import (
 from ..errors import ConfigError
 from .config import ConnectorConfig, hash_seed_is_stable, kv_namespace
 from .metadata import ValkeyConnectorMetadata
+from .namespace import namespace_fields
 from .hook_timing import HookTimer
 from .ranks import Replication
 from .scheduler_side import LookupOptions, SchedulerSide
@@ -233,33 +234,6 @@ class ValkeyConnector(KVConnectorBase_V1):
                            labelnames: list[str], per_engine_labelvalues: dict[int, list[object]]
                            ) -> KVConnectorPromMetrics | None:
         return ValkeyPromMetrics(vllm_config, metric_types, labelnames, per_engine_labelvalues)
-
-
-def namespace_fields(vllm_config: VllmConfig, kv_cache_config: KVCacheConfig | None
-                     ) -> dict[str, Any]:
-    """Everything that makes stored KV bytes incompatible between deployments."""
-    from vllm.platforms import current_platform
-
-    model = vllm_config.model_config
-    cache = vllm_config.cache_config
-    par = vllm_config.parallel_config
-    groups = []
-    layout = None
-    if kv_cache_config is not None:
-        groups = [repr(g.kv_cache_spec) for g in kv_cache_config.kv_cache_groups]
-        layout = getattr(kv_cache_config, "kv_cache_layout", None)
-    return {
-        "model": model.model, "revision": model.revision, "dtype": str(model.dtype),
-        "quantization": model.quantization, "kv_cache_dtype": cache.cache_dtype,
-        "block_size": cache.block_size, "kv_groups": groups, "kv_layout": str(layout),
-        "platform": current_platform.device_type,
-        "attention_backend": str(getattr(getattr(vllm_config, "attention_config", None),
-                                         "backend", None)),
-        "tp": par.tensor_parallel_size, "pp": par.pipeline_parallel_size,
-        "hash_algo": str(cache.prefix_caching_hash_algo),
-        "extra": vllm_config.kv_transfer_config.kv_connector_extra_config.get(
-            "namespace_extra", ""),
-    }
 
 
 def _tp_pp_rank() -> tuple[int, int]:

@@ -138,6 +138,17 @@ class BlockLayout:
             raise self._out_of_range(block_id)
         return [(ptr + block_id * stride, n) for ptr, stride, n in self._run_ptrs]
 
+    def page_views(self) -> list[tuple[torch.Tensor, int]]:
+        """Each run position as a ``[num_blocks, nbytes]`` uint8 view over the
+        KV cache, with its byte offset in the stored value: what the staged
+        copies gather from and scatter into, one kernel per view for a whole
+        chunk of blocks."""
+        out, off = [], 0
+        for v in self._run_views:
+            out.append((v, off))
+            off += v.shape[1]
+        return out
+
     def describe(self) -> list[tuple[str, list[int]]]:
         """Per stored KV tensor, its dtype and the shape of one block (the
         kernel-block count first when blocks are split)."""

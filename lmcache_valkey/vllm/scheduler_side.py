@@ -103,10 +103,11 @@ class SchedulerSide:
         st.pending_load = None
         bs = self._block_size
         first = num_computed_tokens // bs
+        n_check = min((request.num_prompt_tokens - 1) // bs, len(request.block_hashes))
+        if n_check <= first:      # vLLM's own prefix cache has it all (by now)
+            st.lookup = None
+            return 0, False
         if st.lookup is None:
-            n_check = min((request.num_prompt_tokens - 1) // bs, len(request.block_hashes))
-            if n_check <= first:
-                return 0, False
             if self._server_stalled():
                 self.stats.add(lookup_skipped=1)
                 return 0, False

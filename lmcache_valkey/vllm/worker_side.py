@@ -109,12 +109,11 @@ class WorkerSide:
         staged = layout.device.type != "cpu" or opts.staging == "force"
         self._pool = StagingPool(layout.block_nbytes, opts.staging_bytes, opts.chunk_bytes,
                                  pin=layout.device.type == "cuda")
-        segs = layout.segments(0)
-        self._seg_offsets = _offsets(segs)
+        self._seg_offsets = [off for _, off in layout.page_views()] + [layout.block_nbytes]
         if staged:
             self._streams = (CudaStreams(layout.device) if layout.device.type == "cuda"
                              else EmulatedStreams(opts.emulated_stream_delay_s))
-            self._pages = _page_views(layout)
+            self._pages = layout.page_views()
             shape = (self._pool.chunk_blocks, layout.block_nbytes)
             self._load_scratch = torch.empty(shape, dtype=torch.uint8, device=layout.device)
             self._save_scratch = torch.empty(shape, dtype=torch.uint8, device=layout.device)
@@ -367,30 +366,6 @@ class WorkerSide:
                         len(self._loads), len(self._saves), timeout_s)
             return False
         return True
-
-
-def _offsets(segments: list[torch.Tensor]) -> list[int]:
-    offs = [0]
-    for s in segments:
-        offs.append(offs[-1] + s.numel() * s.element_size())
-    return offs
-
-
-def _page_views(layout: BlockLayout) -> list[tuple[torch.Tensor, int]]:
-    """Each segment position as a ``[num_blocks, page_bytes]`` uint8 view over
-    the KV tensor's storage, with its offset in the stored value: what the
-    staged copies gather from and scatter into (one kernel per view)."""
-    first = layout.segments(0)
-    second = layout.segments(1) if layout.num_blocks > 1 else first
-    views = []
-    for off, a, b in zip(_offsets(first), first, second):
-        nbytes = a.numel() * a.element_size()
-        storage = a.untyped_storage()
-        base = torch.empty(0, dtype=torch.uint8, device=a.device).set_(storage)
-        start = a.data_ptr() - storage.data_ptr()
-        stride = b.data_ptr() - a.data_ptr() if layout.num_blocks > 1 else nbytes
-        views.append((base.as_strided((layout.num_blocks, nbytes), (stride, 1), start), off))
-    return views
 
 
 def _index(values: list[int], device: torch.device) -> torch.Tensor:
