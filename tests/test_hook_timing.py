@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -86,6 +88,16 @@ def test_dump_dir_from_the_environment_and_file_content(monkeypatch, tmp_path):
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left
 
 
+def test_dumps_at_interpreter_exit(tmp_path):
+    """A process whose owner never calls dump() (no shutdown hook) still leaves its file."""
+    code = ("from lmcache_valkey.vllm.hook_timing import HookTimer\n"
+            "t = HookTimer('worker')\n"
+            "t.record('wait_for_save', 0.004)\n")
+    env = {**os.environ, DIR_ENV: str(tmp_path)}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, cwd=tmp_path)
+    assert load_dumps(tmp_path) == {"worker": {"wait_for_save": [4.0]}}
+
+
 def test_maybe_dump_at_most_once_per_interval(tmp_path):
     timer = HookTimer("worker", dump_dir=tmp_path, dump_interval_s=0.2)
     timer.record("wait_for_save", 0.001)
@@ -119,14 +131,18 @@ def test_load_dumps_keeps_the_calls_of_a_time_window(tmp_path):
     timer.record("get_num_new_matched_tokens", 0.001)
     time.sleep(0.05)
     start = time.monotonic()
-    timer.record("get_num_new_matched_tokens", 0.020)   # the window's only call
+    time.sleep(0.01)
+    timer.record("get_num_new_matched_tokens", 0.002)   # ended within the window
+    time.sleep(0.01)
     end = time.monotonic()
-    time.sleep(0.05)
-    timer.record("get_num_new_matched_tokens", 0.003)
+    time.sleep(0.2)
+    timer.record("get_num_new_matched_tokens", 0.003)   # after it
+    # Started within the window, ended after it (a call that blocked through it).
+    timer.record("get_num_new_matched_tokens", time.monotonic() - end + 0.01)
     timer.dump()
-    assert load_dumps(tmp_path, window=(start, end)) == {
-        "scheduler": {"get_num_new_matched_tokens": [20.0]}}
-    assert len(load_dumps(tmp_path)["scheduler"]["get_num_new_matched_tokens"]) == 3
+    got = load_dumps(tmp_path, window=(start, end))["scheduler"]["get_num_new_matched_tokens"]
+    assert len(got) == 2 and got[0] == 2.0 and got[1] > 200
+    assert len(load_dumps(tmp_path)["scheduler"]["get_num_new_matched_tokens"]) == 4
 
 
 def test_concurrent_recording_and_summaries():
