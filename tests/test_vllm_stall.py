@@ -19,7 +19,6 @@ so that only an asynchronous connector can pass. The timings are measured by
 from __future__ import annotations
 
 import os
-import random
 import signal
 import threading
 import time
@@ -29,33 +28,36 @@ import pytest
 pytest.importorskip("vllm")
 
 from lmcache_valkey import EmbeddedValkey  # noqa: E402
+from lmcache_valkey.vllm.tiny_llama import TEST_TINY, build_tiny_llama  # noqa: E402
 
-from vllm_server import VllmServer  # noqa: E402
+from vllm_server import HITS, VllmServer, random_prompt  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 
-HITS = "vllm:external_prefix_cache_hits_total"
 FREEZE_S = 15.0
+CONTEXT = 32768
 
 
-def _prompt(seed: int, n: int) -> list[int]:
-    rng = random.Random(seed)
-    return [rng.randrange(10, 2000) for _ in range(n)]
+@pytest.fixture(scope="module")
+def long_context_model(tmp_path_factory):
+    """The tiny Llama with a context long enough for a stream that outlasts the freeze
+    (it decodes a few hundred tokens a second here)."""
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama-long"),
+                            **{**TEST_TINY, "max_position_embeddings": CONTEXT})
 
 
-def test_valkey_frozen_vllm_keeps_serving_and_hits_again_after(model_dir, tmp_path):
-    warm, cold = _prompt(101, 600), _prompt(102, 600)
+def test_valkey_frozen_vllm_keeps_serving_and_hits_again_after(long_context_model, tmp_path):
+    warm, cold = random_prompt(101, 600), random_prompt(102, 600)
     with EmbeddedValkey() as valkey:
         kv = {"kv_connector": "ValkeyConnector", "kv_role": "kv_both",
               "kv_connector_extra_config": {"url": valkey.url, "key_prefix": "e2e-stall:"}}
-        # A long context: the streaming request must outlast the freeze.
-        with VllmServer(model_dir, tmp_path / "vllm.log", kv_transfer=kv, prefix_caching=False,
-                        max_model_len=16384) as srv:
+        with VllmServer(long_context_model, tmp_path / "vllm.log", kv_transfer=kv,
+                        prefix_caching=False, max_model_len=CONTEXT) as srv:
             warm_answer = srv.complete(warm)              # computed, stored in Valkey
             arrivals: list[float] = []
             stop = threading.Event()
             streamer = threading.Thread(
-                target=srv.stream, args=([1, 2, 3, 4], 16000, arrivals, stop), daemon=True)
+                target=srv.stream, args=([1, 2, 3, 4], CONTEXT - 8, arrivals, stop), daemon=True)
             streamer.start()
             deadline = time.monotonic() + 60
             while len(arrivals) < 5 and time.monotonic() < deadline:

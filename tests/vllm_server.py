@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -20,6 +21,14 @@ from pathlib import Path
 from typing import Any
 
 START_TIMEOUT_S = 240
+# vLLM's counter of prompt tokens loaded through the KV connector.
+HITS = "vllm:external_prefix_cache_hits_total"
+
+
+def random_prompt(seed: int, n: int) -> list[int]:
+    """`n` token ids, the same for the same seed (no BOS, no special ids)."""
+    rng = random.Random(seed)
+    return [rng.randrange(10, 2000) for _ in range(n)]
 
 
 def free_port() -> int:

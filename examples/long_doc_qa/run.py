@@ -148,6 +148,8 @@ class VllmServer:
                "--enforce-eager"]
         if not args.prefix_caching:
             cmd.append("--no-enable-prefix-caching")
+        if getattr(args, "max_num_batched_tokens", None):
+            cmd += ["--max-num-batched-tokens", str(args.max_num_batched_tokens)]
         if kv_transfer is not None:
             cmd += ["--kv-transfer-config", json.dumps(kv_transfer, separators=(",", ":"))]
         cmd += shlex.split(args.vllm_args)
@@ -532,6 +534,25 @@ def print_hook_timings(rows: list[dict[str, Any]]) -> None:
 # ------------------------------------------------------------------ main
 
 
+def add_server_args(p: argparse.ArgumentParser) -> None:
+    """The vLLM server options (VllmServer reads them), shared with stall.py."""
+    p.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR,
+                   help="where the 89M model is built (reused if present)")
+    p.add_argument("--max-model-len", type=int, default=4096)
+    p.add_argument("--kv-cache-space", type=int, default=1,
+                   help="VLLM_CPU_KVCACHE_SPACE (GiB)")
+    p.add_argument("--reserved-cpus", type=int, default=1,
+                   help="VLLM_CPU_NUM_OF_RESERVED_CPU for every server, so that all "
+                        "configurations get the same OpenMP compute threads (vLLM would "
+                        "otherwise reserve one more core when a KV connector is set); "
+                        "-1: leave vLLM's per-configuration default")
+    p.add_argument("--vllm-args", default="", help="extra arguments for every vLLM server")
+    p.add_argument("--log-dir", type=Path, default=None,
+                   help="vLLM server logs (default: a new temporary folder, kept)")
+    p.add_argument("--start-timeout", type=float, default=300.0, help="seconds per start")
+    p.add_argument("--request-timeout", type=float, default=600.0)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Long-document QA TTFT across a vLLM server restart: no connector vs "
@@ -559,8 +580,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "p50 / p99 / max wall time of each connector hook from the files "
                         "the connector writes")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic documents")
-    p.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR,
-                   help="where the 89M model is built (reused if present)")
     p.add_argument("--prefix-caching", action=argparse.BooleanOptionalAction, default=False,
                    help="vLLM's own (in-memory) prefix caching; off by default so that only "
                         "a KV connector can make the query round faster")
@@ -568,29 +587,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="after every server start, send one short (< 1 block) request "
                         "so one-off first-request costs are not counted in the first "
                         "document's TTFT")
-    p.add_argument("--max-model-len", type=int, default=4096)
-    p.add_argument("--kv-cache-space", type=int, default=1,
-                   help="VLLM_CPU_KVCACHE_SPACE (GiB)")
-    p.add_argument("--reserved-cpus", type=int, default=1,
-                   help="VLLM_CPU_NUM_OF_RESERVED_CPU for every server, so that all "
-                        "configurations get the same OpenMP compute threads (vLLM would "
-                        "otherwise reserve one more core when a KV connector is set); "
-                        "-1: leave vLLM's per-configuration default")
-    p.add_argument("--vllm-args", default="", help="extra arguments for every vLLM server")
+    p.add_argument("--max-num-batched-tokens", type=int, default=None,
+                   help="vLLM's token budget per step, for every configuration (default: "
+                        "max-inflight-requests x max-model-len, so that no prompt is split "
+                        "across steps: vLLM's ExampleConnector stores a chunked prompt's "
+                        "first chunk only and then fails to load it)")
     p.add_argument("--query-rounds", type=int, default=1,
                    help="query rounds per configuration, each after its own restart, taken "
                         "in turns across configurations; TTFT figures cover all of them")
     p.add_argument("--valkey-url", default=None,
                    help="use this Valkey instead of starting an embedded one (its keys are "
                         "not flushed: use a fresh server or key_prefix)")
-    p.add_argument("--log-dir", type=Path, default=None,
-                   help="vLLM server logs (default: a new temporary folder, kept)")
-    p.add_argument("--start-timeout", type=float, default=300.0, help="seconds per start")
-    p.add_argument("--request-timeout", type=float, default=600.0)
+    add_server_args(p)
     p.add_argument("--logprob-tolerance", type=float, default=1e-4,
                    help="max |Δlogprob| still reported as identical")
     p.add_argument("--json", type=Path, default=None, help="write raw figures here")
     args = p.parse_args(argv)
+    if args.max_num_batched_tokens is None:
+        args.max_num_batched_tokens = args.max_inflight_requests * args.max_model_len
     args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     bad = [c for c in args.configs if c not in ALL_CONFIGS]
     if bad or not args.configs:
@@ -691,9 +705,12 @@ def main(argv: list[str] | None = None) -> int:
     schedule = [("warmup", name, -1) for name in servers]
     schedule += [("query", name, r) for r in range(args.query_rounds) for name in servers]
     hook_dirs: dict[tuple[str, str], list[Path]] = {}
+    failed: list[dict[str, Any]] = []
     try:
         for phase, name, round_index in schedule:
             server, cfg = servers[name], cfgs[name]
+            if "failed" in cfg:
+                continue
             env = {}
             if args.hook_timings:
                 where = log_dir / "hook-timings" / f"{name}-{phase}{max(round_index, 0)}"
@@ -707,7 +724,16 @@ def main(argv: list[str] | None = None) -> int:
             plan = ([(doc, True) for doc in range(args.num_docs)] if phase == "warmup" else
                     query_plan(args.num_docs, args.hit_miss_ratio, round_index))
             before = server.metrics()
-            results, wall = run_round(server, prompts, plan, args, f"{name} {phase}")
+            try:
+                results, wall = run_round(server, prompts, plan, args, f"{name} {phase}")
+            except (OSError, ValueError) as e:  # HTTP errors, resets, bad stream
+                # One configuration failing (e.g. a connector crashing vLLM's worker)
+                # must not cost the figures of the others.
+                cfg["failed"] = f"{phase} round: {e!r} (log {server.log_path})"
+                print(f"[{name}] FAILED in the {phase} round: {e!r}; vLLM log "
+                      f"{server.log_path}:\n{server.log_tail(1500)}", flush=True)
+                server.stop()
+                continue
             after = server.metrics()
             server.stop()
             stats = summarize(results)
@@ -729,6 +755,9 @@ def main(argv: list[str] | None = None) -> int:
             cfg.setdefault("ext_hits_per_round", []).append(
                 after.get("vllm:external_prefix_cache_hits_total"))
         for name, cfg in cfgs.items():
+            if "failed" in cfg:
+                failed.append(cfg)
+                continue
             rounds = cfg["query_rounds"]
             every = [r for rs in queries[name] for r in rs]
             cfg["query"] = {"ttft": summarize(every),
@@ -737,7 +766,7 @@ def main(argv: list[str] | None = None) -> int:
                             "round_s": statistics.fmean(r["round_s"] for r in rounds),
                             "round_s_each": [r["round_s"] for r in rounds]}
             cfg["ext_hits"] = cfg["ext_hits_per_round"][-1]
-            if name != "none" and "none" in queries:
+            if name != "none" and "failed" not in cfgs.get("none", {"failed": True}):
                 reference = [r for rs in queries["none"] for r in rs]
                 check = compare(reference, every)
                 cfg["identical"] = {"repeated": check["repeated"], "fresh": check["fresh"]}
@@ -762,6 +791,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print_table(out["configs"], title, args.logprob_tolerance)
     print("\nmarkdown:\n" + markdown_table(out["configs"], args.logprob_tolerance))
+    for cfg in failed:
+        print(f"\n{cfg['name']}: FAILED in the {cfg['failed']}; not in the table")
+    out["failed"] = failed
     if args.hook_timings:
         out["hook_timings"] = hook_timing_rows(hook_dirs)
         print_hook_timings(out["hook_timings"])

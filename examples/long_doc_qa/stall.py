@@ -135,17 +135,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"set {DIR_ENV} for the vLLM server and print the p50 / p99 / max "
                         "wall time of each connector hook, healthy and frozen")
     p.add_argument("--seed", type=int, default=7, help="seed of the synthetic documents")
-    p.add_argument("--model-dir", type=Path, default=ldq.DEFAULT_MODEL_DIR,
-                   help="where the 89M model is built (reused if present)")
-    p.add_argument("--max-model-len", type=int, default=4096)
-    p.add_argument("--kv-cache-space", type=int, default=1, help="VLLM_CPU_KVCACHE_SPACE (GiB)")
-    p.add_argument("--reserved-cpus", type=int, default=1,
-                   help="VLLM_CPU_NUM_OF_RESERVED_CPU (as run.py; -1: vLLM's default)")
-    p.add_argument("--vllm-args", default="", help="extra arguments for the vLLM server")
-    p.add_argument("--log-dir", type=Path, default=None,
-                   help="vLLM server log (default: a new temporary folder, kept)")
-    p.add_argument("--start-timeout", type=float, default=300.0)
-    p.add_argument("--request-timeout", type=float, default=600.0)
+    ldq.add_server_args(p)
     p.add_argument("--json", type=Path, default=None, help="write raw figures here")
     args = p.parse_args(argv)
     args.prefix_caching = False  # only the connector may make W faster
