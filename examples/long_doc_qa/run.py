@@ -86,26 +86,24 @@ _children_lock = threading.Lock()
 
 
 def _kill_group(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    """SIGTERM the process group of `proc` (started with its own session), then SIGKILL."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
+    """SIGTERM `proc` (started with its own session), then SIGKILL what is left of its group.
+
+    Only the API server gets SIGTERM: it then shuts its engine down in order, so
+    the KV connectors' shutdown() runs (and writes their hook timings). A
+    SIGTERM to the whole group at once kills the engine core before that.
+    """
+    if proc.poll() is None:
+        proc.terminate()
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
             pass
-        proc.wait()
     # vLLM's engine core may outlive the API server for a moment; reap the rest of the group.
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    proc.wait()
 
 
 def _cleanup_children() -> None:

@@ -128,6 +128,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seconds the streams keep running after each phase's cold request")
     p.add_argument("--recovery-timeout-s", type=float, default=60.0,
                    help="how long to keep re-sending the warm document after SIGCONT")
+    p.add_argument("--max-num-batched-tokens", type=int, default=256,
+                   help="vLLM's token budget per step: small, so that a cold prompt's "
+                        "prefill is split over several steps and the streaming request gets "
+                        "a token between them (one 1200-token prefill step takes ~2.6 s on a "
+                        "2-vCPU machine, longer than the 1 s pause target); 0: vLLM's default")
     p.add_argument("--connector-options", default="{}", type=json.loads,
                    help="extra kv_connector_extra_config options, as JSON "
                         '(e.g. \'{"op_timeout_s": 5}\')')
