@@ -70,7 +70,7 @@ except ImportError:  # pragma: no cover - optional
     Console = Table = None
 
 from lmcache_valkey.vllm.hook_timing import DIR_ENV as HOOK_TIMINGS_ENV
-from lmcache_valkey.vllm.hook_timing import load_dumps, summarize_ms
+from lmcache_valkey.vllm.hook_timing import DEFAULT_DUMP_INTERVAL_S, load_dumps, summarize_ms
 
 DEFAULT_MODEL_DIR = Path.home() / ".cache" / "lmcache_valkey" / "llama-89m"
 QUESTION = "\n\nQuestion: In one sentence, what is this document about?\nAnswer:"
@@ -88,9 +88,8 @@ _children_lock = threading.Lock()
 def _kill_group(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     """SIGTERM `proc` (started with its own session), then SIGKILL what is left of its group.
 
-    Only the API server gets SIGTERM: it then shuts its engine down in order, so
-    the KV connectors' shutdown() runs (and writes their hook timings). A
-    SIGTERM to the whole group at once kills the engine core before that.
+    Only the API server gets SIGTERM, so that it stops its engine itself (as
+    tests/vllm_server.py does); whatever is still running afterwards is killed.
     """
     if proc.poll() is None:
         proc.terminate()
@@ -496,6 +495,19 @@ def markdown_rows(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def flush_hook_timings(server: VllmServer, timeout: float) -> None:
+    """Make the connectors write all their hook timings before the server is stopped.
+
+    vLLM 0.32 (CPU) does not call the connectors' shutdown() when its API server
+    gets SIGTERM, and its engine processes end without running atexit, so what
+    a connector recorded after its last periodic dump would be lost. It dumps
+    from its hooks at most every DEFAULT_DUMP_INTERVAL_S: wait that long, then
+    one tiny request (< 1 block: nothing stored or loaded) runs the hooks again.
+    """
+    time.sleep(DEFAULT_DUMP_INTERVAL_S + 0.5)
+    stream_completion(server.port, server.model, SERVER_WARMUP_PROMPT, 2, -1, timeout)
+
+
 def hook_timing_rows(hook_dirs: dict[tuple[str, str], list[Path]]) -> list[dict[str, Any]]:
     """Per configuration, round kind, role and hook: the pooled durations' summary."""
     rows = []
@@ -733,6 +745,8 @@ def main(argv: list[str] | None = None) -> int:
                 server.stop()
                 continue
             after = server.metrics()
+            if args.hook_timings and name.startswith("valkey"):
+                flush_hook_timings(server, args.request_timeout)
             server.stop()
             stats = summarize(results)
             print(f"[{name}] {phase}: TTFT mean {stats['mean']:.3f} s, median "

@@ -247,13 +247,15 @@ def main(argv: list[str] | None = None) -> int:
                       f"({tries} tries)", flush=True)
             else:
                 print(f"after: W hit {hit_after:.1f} s after SIGCONT ({tries} tries)", flush=True)
+            if args.hook_timings:
+                ldq.flush_hook_timings(server, args.request_timeout)
         except KeyboardInterrupt:
             print("\ninterrupted; stopping the server", file=sys.stderr)
             return 130
         finally:
             if frozen:
                 os.kill(valkey.pid, signal.SIGCONT)
-            server.stop()  # the connector writes its hook timings at shutdown
+            server.stop()
             ldq._cleanup_children()
 
     print_report(figures, args)
