@@ -171,9 +171,11 @@ class VllmServer:
         self.log_path = self.log_dir / f"vllm-{self.name}-{phase}.log"
         log = open(self.log_path, "wb")
         t0 = time.monotonic()
+        # cwd outside any checkout: `python -m` puts the cwd first on sys.path, and a
+        # source tree (no compiled _native) would shadow the installed package.
         proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT,
                                 env={**os.environ, **self.env_extra, **(env or {})},
-                                start_new_session=True)
+                                start_new_session=True, cwd=self.log_dir)
         log.close()
         with _children_lock:
             _children.append(proc)
