@@ -19,6 +19,7 @@ read the figures of the scheduler and worker processes it does not run itself
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import threading
@@ -88,6 +89,16 @@ class HookTimer:
         self._samples: dict[str, deque[Sample]] = {}
         self._lock = threading.Lock()
         self._last_dump = time.monotonic()
+        if self.dump_dir is not None:
+            # A process may end without its owner's shutdown hook (vLLM does not always
+            # call it): the last calls are still written on a normal interpreter exit.
+            atexit.register(self._dump_at_exit)
+
+    def _dump_at_exit(self) -> None:
+        try:
+            self.dump()
+        except Exception:  # nothing to report to at exit; never fail the exit
+            pass
 
     def _deque(self, hook: str) -> deque[Sample]:
         samples = self._samples.get(hook)
@@ -147,7 +158,7 @@ class HookTimer:
                "summary": {h: summarize_ms([ms for _, ms in v])
                            for h, v in sorted(samples.items())},
                "durations_ms": {h: [round(ms, 4) for _, ms in v] for h, v in samples.items()},
-               "end_monotonic_s": {h: [round(t, 4) for t, _ in v] for h, v in samples.items()}}
+               "end_monotonic_s": {h: [round(t, 6) for t, _ in v] for h, v in samples.items()}}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(json.dumps(doc, separators=(",", ":")))
@@ -167,7 +178,8 @@ def load_dumps(dump_dir: str | os.PathLike[str], window: tuple[float, float] | N
 
     Processes of the same role (e.g. TP workers, or servers started one after
     another on the same folder) are pooled. ``window``: only the calls that
-    ended within ``(start, end)`` (``time.monotonic()`` of this machine).
+    overlap ``(start, end)`` (``time.monotonic()`` of this machine) — a call
+    that blocked through a whole Valkey freeze ends after it, and counts.
     """
     pooled: dict[str, dict[str, list[float]]] = {}
     for path in sorted(Path(dump_dir).glob("*.json")):
@@ -176,6 +188,7 @@ def load_dumps(dump_dir: str | os.PathLike[str], window: tuple[float, float] | N
         for hook, values in doc["durations_ms"].items():
             if window is not None:
                 ends = doc["end_monotonic_s"][hook]
-                values = [ms for t, ms in zip(ends, values) if window[0] <= t <= window[1]]
+                values = [ms for t, ms in zip(ends, values)
+                          if t >= window[0] and t - ms / 1e3 <= window[1]]
             per_hook.setdefault(hook, []).extend(values)
     return pooled
