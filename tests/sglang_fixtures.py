@@ -2,9 +2,9 @@
 
 Importing this module imports SGLang (``pytest.importorskip``: the tests
 skip where it is not installed; ``make test-sglang`` installs it into
-``.venv-sglang``). PyPI's torchvision is a CUDA build without its two NMS
-operators, which SGLang's import chain registers fakes for: the two
-``torch.library.define`` lines stand in for them (nothing here calls them).
+``.venv-sglang``). PyPI's torchvision is a CUDA build whose NMS operators
+do not load on CPU; ``declare_torchvision_nms`` declares them first
+(lmcache_valkey/sglang/cpu_shim.py).
 
 What is real: the device KV pools (``MHATokenToKVPool``/``MLATokenToKVPool``),
 the host pools in every layout, the token allocator, ``HiCacheController``
@@ -24,13 +24,9 @@ from typing import Any
 import pytest
 
 torch = pytest.importorskip("torch")
-try:
-    torch.library.define("torchvision::nms",
-                         "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    torch.library.define("torchvision::qnms",
-                         "(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor")
-except RuntimeError:  # already defined (a real torchvision, or a second import)
-    pass
+from lmcache_valkey.sglang.cpu_shim import declare_torchvision_nms  # noqa: E402
+
+declare_torchvision_nms()
 pytest.importorskip("sglang.srt.managers.cache_controller")
 
 from sglang.srt.managers.cache_controller import HiCacheController  # noqa: E402

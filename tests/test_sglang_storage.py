@@ -12,9 +12,11 @@ Faults are the real server's: killed, stopped (SIGSTOP), restarted.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import signal
 import types
+from pathlib import Path
 
 import pytest
 
@@ -250,6 +252,12 @@ def test_config_from_the_extra_config_and_sglang_keys_pass(server) -> None:
             cc.key_prefix, cc.checksum) == ("127.0.0.1", 7000, 2, "s3cret", None, 4,
                                             b"hicache:", "crc32c")
     assert "s3cret" not in repr(c)
+
+
+def test_the_example_config_file_is_valid() -> None:
+    example = Path(__file__).parent.parent / "examples" / "sglang" / "valkey-hicache.json"
+    c = HiCacheValkeyConfig.from_extra_config(json.loads(example.read_text()), env={})
+    assert (c.client_config.host, c.client_config.ttl_s) == ("127.0.0.1", 86400.0)
 
 
 def test_config_from_the_environment_as_upstream() -> None:
