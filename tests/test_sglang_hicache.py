@@ -20,7 +20,6 @@ import signal
 import time
 
 import pytest
-
 from sglang_fixtures import (  # noqa: F401  (single_rank: autouse fixture)
     LAYOUTS,
     PAGE,

@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from ..config import ClientConfig, Secret
+from ..config import ClientConfig, integration_client_config
 from ..errors import ConfigError
 from ..factory import AnyClient, open_client
 from ..server_stats import DEFAULT_SCAN_LIMIT
@@ -54,31 +54,16 @@ class HiCacheValkeyConfig:
                               f"--hicache-storage-backend-extra-config; valid options are "
                               f"{sorted(VALID_OPTIONS)}")
         url = options.pop("url", None)
-        if url is not None and not isinstance(url, str):
-            raise ConfigError(f"ValkeyHiCacheStorage: url must be a string, "
-                              f"not {type(url).__name__}")
         scan_limit = options.pop("scan_limit", DEFAULT_SCAN_LIMIT)
         if isinstance(scan_limit, bool) or not isinstance(scan_limit, int) or scan_limit < 1:
             raise ConfigError(f"ValkeyHiCacheStorage: scan_limit must be an integer >= 1, "
                               f"not {scan_limit!r}")
-        options.setdefault("key_prefix", DEFAULT_KEY_PREFIX)
-        options.setdefault("ttl_s", DEFAULT_TTL_S)
-        if options["key_prefix"] is None:
-            options["key_prefix"] = ""
-        if options.get("ttl_s") == 0:  # 0 = pages never expire
-            options["ttl_s"] = None
-        if options.get("password") is not None and not isinstance(options["password"], Secret):
-            options["password"] = Secret(str(options["password"]))
-        try:
-            client_config = ClientConfig.from_options(url or None, env=env, **options)
-        except ConfigError as e:
-            raise ConfigError(f"ValkeyHiCacheStorage: {e}") from None
-        if client_config.embedded:
-            raise ConfigError(
-                "ValkeyHiCacheStorage needs a server: set \"url\" in "
-                "--hicache-storage-backend-extra-config (e.g. valkey://10.0.0.5:6379) or "
-                "VALKEY_HOST in SGLang's environment; every instance must name the same "
-                "server to share KV pages.")
+        client_config = integration_client_config(
+            "ValkeyHiCacheStorage", url, options, key_prefix=DEFAULT_KEY_PREFIX,
+            ttl_s=DEFAULT_TTL_S, env=env, missing_server=(
+                "set \"url\" in --hicache-storage-backend-extra-config (e.g. "
+                "valkey://10.0.0.5:6379) or VALKEY_HOST in SGLang's environment; every "
+                "instance must name the same server to share KV pages."))
         return cls(client_config=client_config, scan_limit=scan_limit)
 
     def create_client(self) -> AnyClient:

@@ -11,6 +11,8 @@ host pools and ``HiCacheController`` on CPU.
 
 from __future__ import annotations
 
+import contextlib
+
 _SCHEMAS = {
     "nms": "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
     "qnms": "(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor",
@@ -22,7 +24,6 @@ def declare_torchvision_nms() -> None:
     import torch
 
     for name, schema in _SCHEMAS.items():
-        try:
+        # Already there: a working torchvision, or a second call.
+        with contextlib.suppress(RuntimeError):
             torch.library.define(f"torchvision::{name}", schema)
-        except RuntimeError:  # already there: a working torchvision, or a second call
-            pass

@@ -17,6 +17,7 @@ somewhere in the process.
 from __future__ import annotations
 
 import bisect
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -84,10 +85,8 @@ def value_nbytes(runs: Sequence[memoryview]) -> int:
 def _cpu_tensors(pool: Any) -> list[Any]:
     candidates: list[Any] = []
     for name in _BUFFER_PROPERTIES:
-        try:
+        with contextlib.suppress(Exception):  # a property that does not apply to this layout
             candidates.append(getattr(pool, name, None))
-        except Exception:  # a property that does not apply to this layout
-            pass
     for value in vars(pool).values():
         if isinstance(value, (list, tuple)):
             candidates.extend(value)

@@ -29,8 +29,8 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from ..buffers import as_native_buffer, buffer_nbytes
 from ..errors import partial_results
@@ -186,7 +186,7 @@ class ValkeyPageStore:
             return []
         dests = self._generic_targets(keys, target_locations, target_sizes)
         ok = self._get(keys, dests, [buffer_nbytes(as_native_buffer(d)) for d in dests])
-        return [d if good else None for d, good in zip(dests, ok)]
+        return [d if good else None for d, good in zip(dests, ok, strict=True)]
 
     def get(self, key: str, target_location: Any = None, target_sizes: Any = None) -> Any:
         return self.batch_get([key], None if target_location is None else [target_location],
@@ -266,7 +266,8 @@ class ValkeyPageStore:
             self._log.warning("set-refused", "ValkeyHiCacheStorage: %d of %d pages not "
                               "stored (e.g. %s)", len(keys) - stored, len(keys),
                               next(iter(errors.values())))
-        nbytes = sum(buffer_nbytes(as_native_buffer(v)) for v, good in zip(values, ok) if good)
+        nbytes = sum(buffer_nbytes(as_native_buffer(v))
+                     for v, good in zip(values, ok, strict=True) if good)
         self.samples.record("backup", stored, nbytes, time.perf_counter() - start,
                             len(keys) - stored)
         return ok
@@ -279,9 +280,9 @@ class ValkeyPageStore:
             sizes = partial_results(e, len(keys))
             self._log.warning("get", "ValkeyHiCacheStorage: loading %d pages failed: %s",
                               len(keys), e)
-        ok = [s == n for s, n in zip(sizes, expected)]
+        ok = [s == n for s, n in zip(sizes, expected, strict=True)]
         loaded = sum(ok)
-        nbytes = sum(n for n, good in zip(expected, ok) if good)
+        nbytes = sum(n for n, good in zip(expected, ok, strict=True) if good)
         self.samples.record("prefetch", loaded, nbytes, time.perf_counter() - start,
                             len(keys) - loaded)
         return ok
