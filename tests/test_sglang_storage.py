@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import types
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -207,6 +208,28 @@ def test_a_pointer_outside_the_pool_fails_the_call_without_writing(server, prefi
     pool.get_page_buffer_meta = lambda i: ([p + 10**12 for p in real(i)[0]], real(i)[1])
     assert s.batch_get_v1(HASHES[:1], idx(1)) == [False]
     assert s.batch_set_v1(HASHES[1:2], idx(1)) == [False]
+
+
+def test_four_threads_at_once_as_sglang_calls_in(server, prefix, make_store) -> None:
+    """Prefetch, backup, scheduler and metrics threads share one backend."""
+    pool = FakeMHAHostPool("layer_first", pages=16)
+    pool.fill_random(9)
+    s = make_store({"url": server.url, "key_prefix": prefix}, pool)
+
+    def work(t: int) -> None:
+        hashes = [f"{t:02x}{i:062x}" for i in range(2)]
+        for _ in range(10):
+            assert s.batch_set_v1(hashes, idx(2 * t, 2 * t + 1)) == [True, True]
+            assert s.batch_exists(hashes) == 2
+            assert s.batch_get_v1(hashes, idx(8 + 2 * t, 9 + 2 * t)) == [True, True]
+            for i in range(2):
+                loaded, stored = (8 + 2 * t + i) * PAGE, (2 * t + i) * PAGE
+                assert pool.page_bytes(loaded) == pool.page_bytes(stored)
+            s.samples.take()
+
+    with ThreadPoolExecutor(4) as ex:
+        list(ex.map(work, range(4)))
+    assert s.totals()["prefetch_pages"] == 80 and s.totals()["backup_pages"] == 80
 
 
 def test_clear_unlinks_only_this_namespace(server, prefix, make_store, raw) -> None:

@@ -33,8 +33,9 @@ class PoolMemory:
         # MHA pools list each layer's K run, then its V run; a stored value is
         # all K runs, then all V runs (the order of SGLang's flat data page).
         self._split_kv = not is_mla
-        self._starts: list[int] = []
-        self._regions: list[tuple[int, int, memoryview]] = []
+        # (region starts, regions), replaced as one object: SGLang's threads
+        # may read it while one of them maps the pool again.
+        self._map: tuple[list[int], list[tuple[int, int, memoryview]]] = ([], [])
         self._map_regions()
 
     def _map_regions(self) -> None:
@@ -44,15 +45,16 @@ class PoolMemory:
             start, nbytes = storage.data_ptr(), storage.nbytes()
             if nbytes and start not in regions:
                 regions[start] = (start, start + nbytes, _storage_bytes(t, storage))
-        self._regions = sorted(regions.values(), key=lambda r: r[0])
-        self._starts = [r[0] for r in self._regions]
+        ordered = sorted(regions.values(), key=lambda r: r[0])
+        self._map = ([r[0] for r in ordered], ordered)
 
     def view(self, ptr: int, size: int) -> memoryview:
         """The pool's bytes [ptr, ptr + size) as a writable view."""
         for attempt in range(2):
-            i = bisect.bisect_right(self._starts, ptr) - 1
+            starts, regions = self._map
+            i = bisect.bisect_right(starts, ptr) - 1
             if i >= 0:
-                start, end, mem = self._regions[i]
+                start, end, mem = regions[i]
                 if ptr + size <= end:
                     return mem[ptr - start:ptr - start + size]
             if attempt == 0:
