@@ -23,6 +23,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from server_pressure import ALLKEYS_LRU, NOEVICTION, admin, evict, fill_until_oom  # noqa: E402
+
 from lmcache_valkey.errors import ConfigError  # noqa: E402
 from lmcache_valkey.sglang.config import HiCacheValkeyConfig  # noqa: E402
 from lmcache_valkey.sglang.page_store import ValkeyPageStore  # noqa: E402
@@ -38,28 +40,30 @@ class FakeMHAHostPool:
     ``MHATokenToKVPoolHost`` (sglang/srt/mem_cache/pool_host/mha.py)."""
 
     dtype = torch.float16
-    layer_num, head_num, head_dim = LAYERS, HEADS, DIM
+    layer_num, head_num = LAYERS, HEADS
 
-    def __init__(self, layout: str, pages: int = 8) -> None:
+    def __init__(self, layout: str, pages: int = 8, head_dim: int = DIM) -> None:
         self.layout, self.page_size, self.size = layout, PAGE, pages * PAGE
-        dims = ((2, LAYERS, self.size, HEADS, DIM) if layout == "layer_first"
-                else (2, self.size, LAYERS, HEADS, DIM))
+        self.head_dim = dim = head_dim
+        dims = ((2, LAYERS, self.size, HEADS, dim) if layout == "layer_first"
+                else (2, self.size, LAYERS, HEADS, dim))
         self.kv_buffer = torch.zeros(dims, dtype=self.dtype)
 
     def get_page_buffer_meta(self, indices):
+        dim = self.head_dim
         item, base = self.dtype.itemsize, self.kv_buffer.data_ptr()
-        v_off = LAYERS * self.size * HEADS * DIM * item
+        v_off = LAYERS * self.size * HEADS * dim * item
         ptrs, sizes = [], []
         for index in indices.tolist()[::PAGE]:
             if self.layout == "layer_first":
                 for layer in range(LAYERS):
-                    k = base + (index * HEADS * DIM + layer * self.size * HEADS * DIM) * item
+                    k = base + (index * HEADS * dim + layer * self.size * HEADS * dim) * item
                     ptrs += [k, k + v_off]
-                    sizes += [PAGE * HEADS * DIM * item] * 2
+                    sizes += [PAGE * HEADS * dim * item] * 2
             else:
-                k = base + index * LAYERS * HEADS * DIM * item
+                k = base + index * LAYERS * HEADS * dim * item
                 ptrs += [k, k + v_off]
-                sizes += [LAYERS * PAGE * HEADS * DIM * item] * 2
+                sizes += [LAYERS * PAGE * HEADS * dim * item] * 2
         return ptrs, sizes
 
     def get_data_page(self, index, flat=True):
@@ -70,7 +74,7 @@ class FakeMHAHostPool:
         return page.flatten() if flat else page
 
     def get_dummy_flat_data_page(self):
-        return torch.zeros(2 * LAYERS * PAGE * HEADS * DIM, dtype=self.dtype)
+        return torch.zeros(2 * LAYERS * PAGE * HEADS * self.head_dim, dtype=self.dtype)
 
     def fill_random(self, seed: int) -> None:
         g = torch.Generator().manual_seed(seed)
@@ -352,6 +356,33 @@ def test_server_stalled_calls_time_out_then_recover(make_server, make_store) -> 
     finally:
         os.kill(srv.pid, signal.SIGCONT)
     assert _eventually(lambda: s.batch_get_v1(HASHES[:1], idx(1)) == [True])
+
+
+def test_maxmemory_reached_pages_are_not_stored_and_nothing_raises(make_server, make_store,
+                                                                    caplog) -> None:
+    srv = make_server(config=NOEVICTION)
+    fill_until_oom(admin(srv))
+    pool = FakeMHAHostPool("page_first", head_dim=4096)     # 192 KiB pages
+    s = make_store({"url": srv.url}, pool)
+    with caplog.at_level("WARNING", logger="lmcache_valkey.sglang.page_store"):
+        assert s.batch_set_v1(HASHES[:3], idx(0, 1, 2)) == [False] * 3
+        assert s.batch_set(HASHES[:1], [pool.get_data_page(0)]) is False
+    assert "3 of 3 pages not stored (e.g. OOM" in caplog.text
+    assert s.batch_exists(HASHES[:3]) == 0
+    admin(srv).flushall()                                   # room again
+    assert s.batch_set_v1(HASHES[:3], idx(0, 1, 2)) == [True] * 3
+
+
+def test_a_page_evicted_mid_prefix_ends_the_hit_run_there(make_server, make_store) -> None:
+    srv = make_server(config=ALLKEYS_LRU)
+    pool = FakeMHAHostPool("page_first")
+    pool.fill_random(4)
+    s = make_store({"url": srv.url}, pool)
+    assert s.batch_set_v1(HASHES[:4], idx(0, 1, 2, 3)) == [True] * 4
+    evict(admin(srv), "hicache:" + s.namespace + HASHES[2])   # the server's own eviction
+    assert s.batch_exists(HASHES[:4]) == 2
+    assert s.batch_get_v1(HASHES[:4], idx(4, 5, 6, 7)) == [True, True, False, True]
+    assert pool.page_bytes(5 * PAGE) == pool.page_bytes(1 * PAGE)
 
 
 def test_before_a_pool_is_registered_calls_fail_soft(server, make_store) -> None:
