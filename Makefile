@@ -62,12 +62,13 @@ $(ASAN_VENV)/.installed: $(SOURCES)
 # installed --no-deps next to CPU torch and the pure-Python dependencies the
 # storage interface, the host pools and HiCacheController import. torchvision
 # (also --no-deps) is a CUDA build whose ops sglang never calls here: the
-# tests register stand-ins for its two operators (tests/sglang_fixtures.py).
+# tests declare its two operators first (lmcache_valkey/sglang/cpu_shim.py).
 SGLANG_VENV  := .venv-sglang
 SGLANG_DEPS  ?= numpy orjson psutil pybase64 requests packaging pillow starlette msgspec \
                 pydantic pyzmq tqdm IPython aiohttp apache-tvm-ffi==0.1.11 sentencepiece \
                 gguf transformers dill triton compressed-tensors
-SGLANG_TESTS ?= tests/test_sglang_storage.py tests/test_sglang_hicache.py
+# (tests/test_sglang_storage.py, which needs no SGLang, runs in `make test`.)
+SGLANG_TESTS ?= tests/test_sglang_hicache.py
 
 sglang-venv: $(SGLANG_VENV)/.installed
 
