@@ -20,9 +20,15 @@ _SCHEMAS = {
 
 
 def declare_torchvision_nms() -> None:
-    """Declare ``torchvision::nms``/``qnms`` unless torchvision already has."""
+    """Declare ``torchvision::nms``/``qnms`` unless torchvision imports as is
+    (a torchvision built for this torch registers them itself)."""
     import torch
 
+    try:
+        import torchvision  # noqa: F401
+        return
+    except Exception:  # "operator torchvision::nms does not exist", or not installed
+        pass
     for name, schema in _SCHEMAS.items():
         # Already there: a working torchvision, or a second call.
         with contextlib.suppress(RuntimeError):
