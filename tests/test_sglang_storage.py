@@ -287,6 +287,16 @@ def test_the_example_config_file_is_valid() -> None:
     assert (c.client_config.host, c.client_config.ttl_s) == ("127.0.0.1", 86400.0)
 
 
+def test_no_secret_in_logs_even_when_calls_fail(make_store, caplog) -> None:
+    with caplog.at_level("INFO", logger="lmcache_valkey"):
+        s = make_store({"url": "valkey://user:s3cret@127.0.0.1:1", "connect_timeout_s": 0.5},
+                       FakeMHAHostPool("page_first"))
+        assert s.batch_set_v1(HASHES[:1], idx(0)) == [False]      # nothing listens there
+        assert s.batch_exists(HASHES[:1]) == 0
+    assert "ValkeyHiCacheStorage" in caplog.text and "127.0.0.1:1" in caplog.text
+    assert "s3cret" not in caplog.text and "user" not in caplog.text
+
+
 def test_config_from_the_environment_as_upstream() -> None:
     env = {"VALKEY_HOST": "10.1.2.3", "VALKEY_PORT": "7001", "VALKEY_DB": "3",
            "VALKEY_PASSWORD": "pw"}
