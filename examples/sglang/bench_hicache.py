@@ -23,7 +23,9 @@ and a small one (16 layers, 8 heads of 64: 32 KiB per token, 512 KiB pages
 of 16 tokens). Every round runs both sides (order alternating), store then
 load of ``--batch-bytes`` worth of pages; the first round checks that every
 loaded page equals the stored one byte for byte, and is not timed. Prints
-medians and the ratio. Needs SGLang (``make sglang-venv``), numpy, valkey.
+medians and the ratio. Needs SGLang (``make sglang-venv``) and valkey-py; give
+the upstream side valkey-py's C reply parser (``pip install libvalkey``, as
+``.[bench]`` does), or it is slower than it would be in production.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ declare_torchvision_nms()
 
 import torch  # noqa: E402
 import valkey  # noqa: E402
+import valkey.utils  # noqa: E402
 from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool  # noqa: E402
 from sglang.srt.mem_cache.pool_host.mha import MHATokenToKVPoolHost  # noqa: E402
 
@@ -200,8 +203,10 @@ def main() -> None:
         for name in args.shapes.split(","):
             for layout in args.layouts.split(","):
                 rows += run_shape(url, name, SHAPES[name], layout, args)
+    parser = "libvalkey (C)" if valkey.utils.LIBVALKEY_AVAILABLE else "pure Python"
     print(f"medians of {args.rounds} interleaved rounds, {format_bytes(args.batch_bytes)} "
-          f"per batch, {args.num_connections} connections (ours), server {url.split('@')[-1]}")
+          f"per batch, {args.num_connections} connections (ours), server {url.split('@')[-1]}, "
+          f"valkey-py {valkey.__version__} with the {parser} reply parser (upstream)")
     print("\n".join(text_table(rows)))
 
 
