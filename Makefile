@@ -80,7 +80,7 @@ $(SGLANG_VENV)/.installed: $(SOURCES)
 	$(SGLANG_VENV)/bin/python -m pip install -q --upgrade pip
 	$(SGLANG_VENV)/bin/python -m pip install -q $(TORCH) $(SGLANG_DEPS)
 	$(SGLANG_VENV)/bin/python -m pip install -q --no-deps torchvision==0.28.0 sglang==0.5.23
-	$(SGLANG_VENV)/bin/python -m pip install -q $(TORCH) ".[test]"
+	$(SGLANG_VENV)/bin/python -m pip install -q $(TORCH) ".[test]" libvalkey  # libvalkey: bench_hicache.py's upstream side
 	touch $@
 
 install: $(STAMP)
