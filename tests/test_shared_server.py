@@ -158,3 +158,33 @@ def test_delete_prefix_on_a_cluster(cluster, make_cluster_client, prefix) -> Non
     assert (report.matched, report.deleted, report.remaining) == (300, 300, 0)
     assert kv.batch_exists(keys) == [False] * 300
     assert emb.batch_exists(keys) == [True] * 300
+
+
+def test_volatile_lru_evicts_kv_blocks_and_never_the_keys_without_ttl(make_server,
+                                                                     make_client) -> None:
+    """What the README recommends for a shared server whose other consumers
+    keep keys without a TTL: ``volatile-lru`` evicts only keys with one, and
+    every KV block has one (``ttl_s``). Over maxmemory, blocks make room for
+    new ones; the others' keys all stay."""
+    from server_pressure import MAXMEMORY, _SYNC_FREE
+
+    s = make_server(config={"maxmemory": MAXMEMORY, "maxmemory-policy": "volatile-lru",
+                            "maxmemory-samples": "64", **_SYNC_FREE})
+    r = valkey.Valkey(host=s.host, port=s.port)
+    other_consumers(r)
+    theirs = {k: v for k, v in snapshot(r, KV).items() if not v[1]}  # those without TTL
+    kv = make_client(s.url, key_prefix=KV, ttl_s=3600)
+    block = bytes(range(256)) * 256                                   # 64 KiB
+    for i in range(8):                                                # ~4x what fits
+        names = [f"g{i}:{j}" for j in range(16)]
+        assert kv.batch_set(names, [block] * 16) == [True] * 16       # room made for each
+    assert int(r.info("stats")["evicted_keys"]) > 0
+    assert {k: v for k, v in snapshot(r, KV).items() if k in theirs} == theirs
+    # Which blocks went is LRU's choice (its clock ticks once a second: these
+    # are all equally young); each block is either gone or exact.
+    names = [f"g{i}:{j}" for i in range(8) for j in range(16)]
+    dests = [bytearray(len(block)) for _ in names]
+    got = kv.batch_get_into(names, dests)
+    assert 0 < sum(n is not None for n in got) < len(names)
+    assert all(d == block for n, d in zip(got, dests) if n is not None)
+    r.close()
