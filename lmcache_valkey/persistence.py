@@ -8,8 +8,9 @@ keep what a restart needs at the lowest running cost:
 * ``rdb`` (the default with a data directory): a snapshot at most once an
   hour (``save 3600 1``) and one at shutdown (SIGTERM), read back at start.
   Each snapshot forks the server: the fork copies the page tables (the
-  server is stalled for that long, ~10 ms per GiB of data on common
-  hardware), the child writes the whole dataset to disk, and pages written
+  server is stalled for that long: 27 / 48 / 72 ms for 0.5 / 1 / 2 GiB on
+  this project's 2-core VM), the child writes the whole dataset to disk,
+  and pages written
   meanwhile are copied (copy-on-write: up to 2x memory in the worst case).
 * ``aof``: every write appended to a log, fsynced once a second
   (``appendfsync everysec``: at most ~1 s lost). The log carries every
@@ -20,7 +21,10 @@ keep what a restart needs at the lowest running cost:
 
 Always ``stop-writes-on-bgsave-error no``: Valkey's default refuses every
 write after a failed snapshot (a full disk), which would turn the cache
-read-only; a cache should rather lose its snapshot.
+read-only; a cache should rather lose its snapshot. And ``rdbcompression
+no``: KV blocks do not compress with LZF, which only burns the snapshot's
+CPU (measured here, 1 GiB of random bytes: BGSAVE 33.9 s with it, 4.7-6.5 s
+without, same file size).
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ def persistence_config(mode: str, *, save: str | None = None,
     _check_schedule(schedule)
     config = {"save": f'"{schedule}"' if schedule else '""',
               "stop-writes-on-bgsave-error": "no",
+              "rdbcompression": "no",  # also the AOF's RDB preamble
               "appendonly": "yes" if mode == "aof" else "no"}
     if mode == "aof":
         config["appendfsync"] = appendfsync

@@ -30,6 +30,7 @@ def test_persistence_choices_and_their_directives() -> None:
     assert rdb["save"] == '"3600 1"' and rdb["appendonly"] == "no"
     assert rdb["shutdown-on-sigterm"] == "save"          # a snapshot at every stop
     assert rdb["stop-writes-on-bgsave-error"] == "no"    # a failed snapshot never stops writes
+    assert rdb["rdbcompression"] == "no"                 # KV does not compress: CPU for nothing
     assert persistence_config("rdb", save="")["save"] == '""'
     aof = persistence_config("aof")
     assert (aof["appendonly"], aof["appendfsync"], aof["save"]) == ("yes", "everysec", '""')

@@ -126,7 +126,8 @@ def test_shared_lru_valkey_smaller_than_the_kv_answers_stay_right(model, tmp_pat
     # ~1.2 MB of the server's own + ~60 of the 78 blocks (66.7 kB each in memory):
     # LRU must evict blocks (which ones is its choice: its clock ticks once a
     # second, and the blocks of a round are written within one).
-    s = make_server(config={**ALLKEYS_LRU, "maxmemory": "5mb"})
+    config = {**ALLKEYS_LRU, "maxmemory": "5mb"}
+    s = make_server(config=config)
     r = admin(s)
     other_consumers(r)
     theirs = snapshot(r, KV_PREFIX)
@@ -144,7 +145,7 @@ def test_shared_lru_valkey_smaller_than_the_kv_answers_stay_right(model, tmp_pat
     hit = sum(a["cached"] for a in second)
     evicted = int(r.info("stats")["evicted_keys"])
     gone = sum(1 for k in theirs if not r.exists(k))
-    print(f"\nshared allkeys-lru Valkey (maxmemory {ALLKEYS_LRU['maxmemory']}): "
+    print(f"\nshared allkeys-lru Valkey (maxmemory {config['maxmemory']}): "
           f"{blocks} blocks asked twice; round 2 loaded {hit} of "
           f"{blocks * BLOCK} loadable tokens ({100 * hit / (blocks * BLOCK):.0f}% hit rate); "
           f"{evicted} keys evicted, {gone} of them other consumers' ({len(theirs)} there)")
