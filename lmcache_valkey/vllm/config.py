@@ -16,7 +16,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from ..config import ClientConfig, Secret
+from ..config import ClientConfig, Secret, integration_client_config
 from ..errors import ConfigError
 
 DEFAULT_KEY_PREFIX = "vllm:kv:"
@@ -65,8 +65,6 @@ class ConnectorConfig:
             raise ConfigError(f"ValkeyConnector: unknown kv_connector_extra_config option(s) "
                               f"{sorted(unknown)}; valid options are {sorted(VALID_OPTIONS)}")
         url = extra.pop("url", None)
-        if url is not None and not isinstance(url, str):
-            raise ConfigError(f"ValkeyConnector: url must be a string, not {type(url).__name__}")
         policy = extra.pop("load_failure_policy", "recompute")
         if policy not in _FAILURE_POLICIES:
             raise ConfigError(f"ValkeyConnector: load_failure_policy must be one of "
@@ -80,24 +78,12 @@ class ConnectorConfig:
                    for name, (default, minimum, need) in _NUMBERS.items()}
         for name in ("staging_bytes", "chunk_bytes"):
             numbers[name] = int(numbers[name])
-        extra.setdefault("key_prefix", DEFAULT_KEY_PREFIX)
-        extra.setdefault("ttl_s", DEFAULT_TTL_S)
-        if extra["key_prefix"] is None:
-            extra["key_prefix"] = ""
-        if extra.get("ttl_s") == 0:  # 0 = keys never expire
-            extra["ttl_s"] = None
-        if extra.get("password") is not None and not isinstance(extra["password"], Secret):
-            extra["password"] = Secret(str(extra["password"]))
-        try:
-            client_config = ClientConfig.from_options(url or None, env=env, **extra)
-        except ConfigError as e:
-            raise ConfigError(f"ValkeyConnector: {e}") from None
-        if client_config.embedded:
-            raise ConfigError(
-                "ValkeyConnector needs a server: set kv_connector_extra_config.url "
-                "(e.g. valkey://127.0.0.1:6379) or VALKEY_HOST in vLLM's environment. "
-                "Start one with `lmcache-valkey server --port 6379`; every replica "
-                "must name the same server to share KV.")
+        client_config = integration_client_config(
+            "ValkeyConnector", url, extra, key_prefix=DEFAULT_KEY_PREFIX, ttl_s=DEFAULT_TTL_S,
+            env=env, missing_server=(
+                "set kv_connector_extra_config.url (e.g. valkey://127.0.0.1:6379) or "
+                "VALKEY_HOST in vLLM's environment. Start one with `lmcache-valkey server "
+                "--port 6379`; every replica must name the same server to share KV."))
         return cls(client_config=client_config, url=Secret(url) if url else None,
                    client_options=extra, load_failure_policy=policy,
                    namespace_extra=namespace_extra, staging=staging, **numbers)
