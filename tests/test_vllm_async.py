@@ -52,6 +52,7 @@ def store_prefix(vc, toks: list[int], **worker_kw) -> Worker:
     req = eng.add(request(toks, max_tokens=1))
     eng.run_until(lambda: req.is_finished())
     w.settle()
+    w.engine = eng
     return w
 
 
@@ -279,16 +280,43 @@ def test_a_non_writer_rank_saves_nothing_and_loads_the_shared_value(model_dir, r
     assert [w.connector._worker.blocks_loaded for w in eng2.workers] == [6, 6]
 
 
-def test_sleep_mode_drains_then_forgets_and_restores_the_kv_cache(model_dir, extra):
+def test_sleep_mode_drains_transfers_and_touches_no_kv_memory_while_asleep(model_dir, extra):
+    """vLLM 0.33's sleep mode: unregister_kv_caches before the KV memory is
+    unmapped, restore_kv_caches after wake-up (same addresses)."""
+    from lmcache_valkey.vllm.connector import ValkeyConnector
+    from lmcache_valkey.vllm.metadata import BlockTransfer
+
+    assert ValkeyConnector.supports_sleep_mode(None) is True
     vc = vllm_config(model_dir, extra)
-    w = Worker(vc, seed=1)
-    c = w.connector
-    assert c.supports_sleep_mode() is True
-    c.unregister_kv_caches()
-    with pytest.raises(RuntimeError, match="not registered"):
-        c._worker.layout
-    c.restore_kv_caches(w.kv)
-    assert c._worker.layout.num_blocks > 0
+    toks = tokens(200, seed=9)
+    stored = store_prefix(vc, toks)
+    hashes = [h.hex() for h in request(toks).block_hashes[:6]]
+    w = Worker(vc, seed=2)
+    side = w.connector._worker
+    load = [BlockTransfer("r", hashes, list(range(6)))]
+    side.start_loads(load)                           # in flight when sleep comes ...
+    w.connector.unregister_kv_caches()
+    assert not side.busy()                           # ... drained first
+    assert side.poll_loads() == set() and side.take_load_errors() == set()
+    w.kv = {n: t.zero_() for n, t in w.kv.items()}
+    side.start_loads([BlockTransfer("r2", hashes, list(range(6)))])
+    assert side.poll_loads() == {"r2"}               # asleep: reported, all failed,
+    assert side.take_load_errors() == set(range(6))  # nothing written
+    assert all(w.block_bytes(b) == bytes(len(w.block_bytes(b))) for b in range(6))
+    side.start_saves([BlockTransfer("r3", hashes, list(range(6)))])
+    assert side.blocks_dropped == 6 and not side.busy()
+    w.connector.restore_kv_caches()
+    side.start_loads([BlockTransfer("r4", hashes, list(range(6)))])
+    w.settle()
+    assert [w.block_bytes(b) for b in range(6)] == \
+        [stored.block_bytes(b) for b in stored_block_ids(stored, hashes)]
+
+
+def stored_block_ids(worker: Worker, hashes: list[str]) -> list[int]:
+    """Where ``store_prefix``'s engine computed each block (its metadata)."""
+    ids = {h: b for m in worker.engine.metas for t in m.saves
+           for h, b in zip(t.hashes, t.block_ids)}
+    return [ids[h] for h in hashes]
 
 
 def test_options_are_validated(model_dir, extra):

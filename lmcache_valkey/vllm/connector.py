@@ -200,17 +200,20 @@ class ValkeyConnector(KVConnectorBase_V1):
 
     # -- sleep mode (vLLM 0.33) ----------------------------------------------
 
-    def supports_sleep_mode(self) -> bool:
-        """Yes: sleeping only frees the KV cache; our transfers into and out of
-        it end first (``unregister_kv_caches``) and the keys stay valid."""
+    @classmethod
+    def supports_sleep_mode(cls, kv_transfer_config: Any = None) -> bool:
+        """Yes. Sleeping unmaps the KV cache's memory and wake-up maps it back
+        at the same addresses: the transfers touching it end first
+        (``unregister_kv_caches``), and what is stored in Valkey stays valid."""
         return True
 
     def unregister_kv_caches(self) -> None:
         if self._worker is not None:
-            self._worker.unregister_kv_caches()
+            self._worker.suspend()
 
-    def restore_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
-        self.register_kv_caches(kv_caches)
+    def restore_kv_caches(self) -> None:
+        if self._worker is not None:
+            self._worker.resume()
 
     def shutdown(self) -> None:
         if self._worker is not None:

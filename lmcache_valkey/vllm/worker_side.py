@@ -93,6 +93,7 @@ class WorkerSide:
         self._saves: list[_Piece] = []
         self._last_save_copy: Any = None
         self._load_errors: set[int] = set()
+        self.asleep = False
         self._log = RateLimitedLog(log)
         # Counters for logs, stats and tests.
         self.blocks_loaded = 0
@@ -125,14 +126,16 @@ class WorkerSide:
                  self._pool.n_chunks, self._pool.chunk_blocks, self._pool.nbytes >> 20,
                  "" if opts.is_writer else "; replicated KV: another rank writes")
 
-    def unregister_kv_caches(self) -> None:
-        """Sleep mode: let every transfer touching the KV cache end, then forget it."""
+    def suspend(self) -> None:
+        """Sleep mode: the KV cache's memory is about to be unmapped. Let every
+        transfer that touches it end; until :meth:`resume` none starts (a load
+        fails its blocks, a save is dropped). The tensors keep their addresses
+        across sleep (vLLM's cumem allocator), so the layout stays valid."""
         self.drain(self.options.drain_timeout_s)
-        if self._streams is not None:
-            self._streams.close()
-        self._layout = self._pool = self._streams = None
-        self._pages = []
-        self._load_scratch = self._save_scratch = None
+        self.asleep = True
+
+    def resume(self) -> None:
+        self.asleep = False
 
     @property
     def layout(self) -> BlockLayout:
@@ -152,7 +155,9 @@ class WorkerSide:
         for t in transfers:
             keys = [self._key_of(h) for h in t.hashes]
             job = _Load(t.req_id, [], nblocks=len(keys))
-            if self.staged:
+            if self.asleep:  # the KV memory is unmapped: nothing may land there
+                job.failed.update(t.block_ids)
+            elif self.staged:
                 step = self._pool.chunk_blocks  # type: ignore[union-attr]
                 job.queued = [_Piece(keys[i:i + step], t.block_ids[i:i + step])
                               for i in range(0, len(keys), step)]
@@ -255,6 +260,9 @@ class WorkerSide:
         block that finds no free chunk is dropped and counted."""
         if not transfers or not self.options.is_writer:
             return
+        if self.asleep:
+            self._count_dropped(sum(len(t.hashes) for t in transfers))
+            return
         pool = self._pool
         assert pool is not None
         dropped = 0
@@ -277,10 +285,14 @@ class WorkerSide:
                     self._send(piece)
                 self._saves.append(piece)
         if dropped:
-            self.blocks_dropped += dropped
-            self.stats.add(save_dropped_blocks=dropped)
-            self._log.warning("save-dropped", "ValkeyConnector: staging pool full (%d MiB of "
-                              "saves in flight): %d blocks not saved", pool.nbytes >> 20, dropped)
+            self._count_dropped(dropped)
+
+    def _count_dropped(self, dropped: int) -> None:
+        self.blocks_dropped += dropped
+        self.stats.add(save_dropped_blocks=dropped)
+        self._log.warning("save-dropped", "ValkeyConnector: %d blocks not saved (%s)", dropped,
+                          "sleeping" if self.asleep else
+                          f"staging pool full: {self._pool.nbytes >> 20} MiB of saves in flight")
 
     def _copy_to_host_rows(self, piece: _Piece) -> None:
         rows = self._pool.host_rows(piece.chunk, len(piece.keys))  # type: ignore[union-attr]
