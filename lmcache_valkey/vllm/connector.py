@@ -163,16 +163,30 @@ class ValkeyConnector(KVConnectorBase_V1):
         self._worker.register_kv_caches(kv_caches, self._kv_cache_config.num_blocks)
 
     def handle_preemptions(self, kv_connector_metadata: KVConnectorMetadata) -> None:
-        assert isinstance(kv_connector_metadata, ValkeyConnectorMetadata)
-        if self._worker is not None and kv_connector_metadata.flush_saves:
-            with self.hook_timer.time("handle_preemptions"):
+        """The first hook of a step, before the forward pass: order this
+        step's compute after copies still reading freed blocks, and start the
+        step's loads now, so the receive overlaps the forward pass (they fill
+        only blocks of requests waiting for them) and can be reported at the
+        end of this step rather than the next."""
+        meta = kv_connector_metadata
+        assert isinstance(meta, ValkeyConnectorMetadata)
+        if self._worker is None:
+            return
+        with self.hook_timer.time("handle_preemptions"):
+            if meta.flush_saves:
                 self._worker.order_before_reuse()
+            self._start_loads(meta)
+
+    def _start_loads(self, meta: ValkeyConnectorMetadata) -> None:
+        if not meta.loads_started:
+            meta.loads_started = True
+            self._worker.start_loads(meta.loads)  # type: ignore[union-attr]
 
     def start_load_kv(self, forward_context: ForwardContext, **kwargs: Any) -> None:
         meta = self._get_connector_metadata()
         assert isinstance(meta, ValkeyConnectorMetadata) and self._worker is not None
         with self.hook_timer.time("start_load_kv"):
-            self._worker.start_loads(meta.loads)
+            self._start_loads(meta)   # started already, unless a runner skipped that hook
 
     def wait_for_layer_load(self, layer_name: str) -> None:
         return  # loads are asynchronous: requests run only after finished_recving

@@ -24,3 +24,5 @@ class ValkeyConnectorMetadata(KVConnectorMetadata):
     #: Blocks were freed since the last step: staged saves still copying from
     #: them must finish before this step's compute may overwrite them.
     flush_saves: bool = False
+    #: Set by the worker once it submitted ``loads`` (in its first hook of the step).
+    loads_started: bool = False
