@@ -39,6 +39,13 @@ cdef class RespConnection(_Engine):
         """Longest wait without progress, in seconds (<= 0: wait forever)."""
         self._set_timeout(timeout_s)
 
+    def set_max_inflight_bytes(self, size_t max_inflight_bytes):
+        """GET reply bytes to request ahead (between batches; at least one
+        reply always goes, however large)."""
+        if max_inflight_bytes < 1:
+            raise ValueError("max_inflight_bytes must be >= 1")
+        self.max_inflight_bytes = max_inflight_bytes
+
     def abort(self):
         """Wake and fail a batch running in another thread (shutdown, no
         close: the fd stays valid until its owner closes it)."""

@@ -136,6 +136,12 @@ class TlsRespConnection:
         Each TLS read or write waits at most this long."""
         self._sock.settimeout(timeout_s if timeout_s > 0 else None)
 
+    def set_max_inflight_bytes(self, max_inflight_bytes: int) -> None:
+        """GET reply bytes to request ahead (between batches)."""
+        if max_inflight_bytes < 1:
+            raise ValueError("max_inflight_bytes must be >= 1")
+        self._max_inflight = max_inflight_bytes
+
     def abort(self) -> None:
         """Wake and fail a batch running in another thread. The socket-level
         shutdown (not SSLSocket.shutdown, which would drop the TLS object
