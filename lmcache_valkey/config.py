@@ -75,7 +75,7 @@ class ClientConfig:
     op_timeout_s: float = 30.0
     max_bulk_len: int = 512 * 1024 * 1024
     # GET reply bytes requested ahead per connection; None: chosen per server
-    # at connect (64 MiB on Valkey 9+, 1 MiB elsewhere: server_profile.py).
+    # at connect (64 MiB on Valkey 9+, 256 KiB elsewhere: server_profile.py).
     max_inflight_bytes: int | None = None
     socket_buffer_bytes: int | None = None
     reconnect_backoff_s: float = 0.05

@@ -12,9 +12,10 @@ replies a client should keep in flight:
   out later: a bare pipelined reader gets ~1.8 GB/s on Valkey 8.1 and Redis 7.0
   where a one-GET-at-a-time reader gets 3.5-4.1 (measured here, 32 x 4 MiB).
   LMCache's C++ client keeps one request in flight per connection for that
-  reason. Ours keeps ``1 MiB`` in flight there: one large value at a time (the
-  engine always lets one reply go, however large), while small values (64 KiB)
-  still pipeline 16 deep.
+  reason. Ours keeps ``256 KiB`` in flight there: one large value at a time
+  (the engine always lets one reply go, however large), while 64 KiB values
+  still pipeline 4 deep (on Valkey 8.1, 16 deep was slower than 2-4 deep, and
+  4 deep no slower than one at a time on Redis 7).
 
 The choice is made at a client's first connect from ``INFO server`` (one
 round trip, after AUTH; reconnects reuse it; ``io_threads_active`` is
@@ -33,7 +34,7 @@ from .errors import ServerReplyError
 
 #: GET reply bytes requested ahead per connection, by how the server writes them.
 DEEP_INFLIGHT_BYTES = 64 * 1024 * 1024     # writes large replies from the value
-SHALLOW_INFLIGHT_BYTES = 1024 * 1024       # copies replies into output buffers
+SHALLOW_INFLIGHT_BYTES = 256 * 1024        # copies replies into output buffers
 
 
 @dataclasses.dataclass(frozen=True)

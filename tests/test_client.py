@@ -296,7 +296,7 @@ def test_get_depth_is_chosen_per_server_and_shown(server, server_kind, make_clie
     the max_inflight_bytes option overrides it."""
     c = make_client(server.url, key_prefix=prefix)
     assert c.ping()
-    expected = 64 << 20 if server_kind == "valkey9" else 1 << 20
+    expected = 64 << 20 if server_kind == "valkey9" else 256 << 10
     name = "redis" if server_kind == "redis7" else "valkey"
     snap = c.stats()
     assert snap.get_inflight_bytes == expected
