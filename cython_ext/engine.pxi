@@ -85,7 +85,8 @@ cdef class _Engine:
     cdef bint fd_blocking      # may a body be received with one blocking call?
     cdef int timeout_ms
     cdef int64_t max_bulk
-    cdef size_t max_inflight_bytes
+    cdef size_t max_inflight_bytes      # GET reply bytes requested ahead
+    cdef size_t max_inflight_set_bytes  # SET value bytes sent ahead of their +OK
 
     cdef char *rbuf
     cdef size_t rcap
@@ -137,6 +138,7 @@ cdef class _Engine:
         self._set_timeout(timeout_s)
         self.max_bulk = max_bulk
         self.max_inflight_bytes = max_inflight_bytes
+        self.max_inflight_set_bytes = max_inflight_bytes
         self.rcap = rbuf_size
         self.rbuf = <char *>malloc(rbuf_size)
         self.window_iovs = WINDOW_IOVS
@@ -208,10 +210,11 @@ cdef class _Engine:
                 break
             if self.iov_count + op.nsegs + 2 > self.window_iovs and self.iov_count > 0:
                 break
-            if kind == OP_GET:
-                # Bound the reply bytes the server queues for us.
+            if kind == OP_GET or kind == OP_SET:
+                # Bound the GET reply bytes the server queues for us, and the
+                # SET value bytes it has not acknowledged yet.
                 if (self.inflight_bytes > 0 and
-                        self.inflight_bytes + op.cap > self.max_inflight_bytes):
+                        self.inflight_bytes + op.cap > self._inflight_limit(kind)):
                     break
                 self.inflight_bytes += op.cap
             start = self.wbuf.len
@@ -407,8 +410,11 @@ cdef class _Engine:
         op.status = ST_SERVER_ERROR
         return 0
 
+    cdef inline size_t _inflight_limit(self, int kind) noexcept nogil:
+        return self.max_inflight_set_bytes if kind == OP_SET else self.max_inflight_bytes
+
     cdef inline void _complete(self, int kind, Op *op) noexcept nogil:
-        if kind == OP_GET:
+        if kind == OP_GET or kind == OP_SET:
             self.inflight_bytes -= op.cap
         self.next_reply += 1
         self.rstate = RS_HEADER

@@ -174,7 +174,8 @@ def open_connection(config: ClientConfig, profile: ServerProfile | None = None) 
             native = RespConnection(sock.fileno(), config.endpoint, **limits)
         profile = _handshake(native, config, profile)
         inflight = config.max_inflight_bytes or profile.inflight_bytes()
-        native.set_max_inflight_bytes(inflight)
+        native.set_max_inflight_bytes(
+            inflight, config.max_inflight_bytes or profile.set_inflight_bytes())
         native.set_timeout(config.op_timeout_s)
     except BaseException as e:
         sock.close()
