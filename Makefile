@@ -18,7 +18,7 @@ STAMP := $(VENV)/.installed
 # look stale after another venv's build.
 SOURCES := pyproject.toml setup.py MANIFEST.in $(wildcard cython_ext/*.pyx cython_ext/*.pxi) $(wildcard lmcache_valkey/*.py lmcache_valkey/*/*.py)
 
-.PHONY: bench test microbench fuzz asan install clean
+.PHONY: bench test microbench fuzz asan install clean sglang-venv test-sglang
 
 bench: $(STAMP)                ## the main job: throughput on an embedded Valkey
 	$(BIN)/lmcache-valkey bench $(ARGS)
@@ -57,6 +57,32 @@ $(ASAN_VENV)/.installed: $(SOURCES)
 	nm -D $(ASAN_VENV)/lib/python3*/site-packages/lmcache_valkey/_native*.so | grep -q __asan_report_store
 	touch $@
 
+# SGLang 0.5.23 for the HiCache backend's tests, in its own venv (its pins
+# clash with vLLM's). PyPI's sglang wheel pulls CUDA-only packages, so it is
+# installed --no-deps next to CPU torch and the pure-Python dependencies the
+# storage interface, the host pools and HiCacheController import. torchvision
+# (also --no-deps) is a CUDA build whose ops sglang never calls here: the
+# tests declare its two operators first (lmcache_valkey/sglang/cpu_shim.py).
+SGLANG_VENV  := .venv-sglang
+SGLANG_DEPS  ?= numpy orjson psutil pybase64 requests packaging pillow starlette msgspec \
+                pydantic pyzmq tqdm IPython aiohttp apache-tvm-ffi==0.1.11 sentencepiece \
+                gguf transformers dill triton compressed-tensors
+# (tests/test_sglang_storage.py, which needs no SGLang, runs in `make test`.)
+SGLANG_TESTS ?= tests/test_sglang_hicache.py
+
+sglang-venv: $(SGLANG_VENV)/.installed
+
+test-sglang: $(SGLANG_VENV)/.installed  ## the SGLang HiCache backend's tests (real SGLang 0.5.23)
+	$(SGLANG_VENV)/bin/pytest -m "not slow and not bench and not fuzz" $(SGLANG_TESTS) $(ARGS)
+
+$(SGLANG_VENV)/.installed: $(SOURCES)
+	test -x $(SGLANG_VENV)/bin/python || $(PYTHON) -m venv $(SGLANG_VENV)
+	$(SGLANG_VENV)/bin/python -m pip install -q --upgrade pip
+	$(SGLANG_VENV)/bin/python -m pip install -q $(TORCH) $(SGLANG_DEPS)
+	$(SGLANG_VENV)/bin/python -m pip install -q --no-deps torchvision==0.28.0 sglang==0.5.23
+	$(SGLANG_VENV)/bin/python -m pip install -q $(TORCH) ".[test]" libvalkey  # libvalkey: bench_hicache.py's upstream side
+	touch $@
+
 install: $(STAMP)
 
 $(STAMP): $(SOURCES)
@@ -68,4 +94,4 @@ $(STAMP): $(SOURCES)
 	touch $@
 
 clean:
-	rm -rf $(VENV) $(ASAN_VENV) build *.egg-info cython_ext/*.c
+	rm -rf $(VENV) $(ASAN_VENV) $(SGLANG_VENV) build *.egg-info cython_ext/*.c

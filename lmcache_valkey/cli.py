@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from .errors import ValkeyError
+from .persistence import APPENDFSYNC, DEFAULT_APPENDFSYNC, DEFAULT_SAVE, MODES
 
 DEFAULT_SIZES = "64KiB,256KiB,1MiB,4MiB,16MiB,32MiB"
 
@@ -31,6 +32,13 @@ def _sizes(text: str) -> list[int]:
     if not sizes or min(sizes) < 1:
         raise argparse.ArgumentTypeError("give one or more sizes >= 1 byte, e.g. 64KiB,4MiB")
     return sizes
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -82,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "(default: all keys)")
     stats.add_argument("--scan-limit", type=_positive, default=100_000,
                        help="examine at most about this many keys when counting (100000)")
+    stats.add_argument("--memory-samples", type=_non_negative, default=200,
+                       help="with --key-prefix: estimate the prefix's memory and TTL spread "
+                            "from MEMORY USAGE/PTTL of this many sampled keys (200; 0: off)")
     stats.add_argument("--format", choices=("text", "json", "prometheus"), default="text")
     stats.add_argument("--serve", type=int, metavar="PORT",
                        help="serve the Prometheus metrics on this port until Ctrl-C "
@@ -89,9 +100,38 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--addr", default="127.0.0.1",
                        help="address --serve listens on (127.0.0.1; 0.0.0.0: every interface)")
 
-    server = sub.add_parser("server", help="run an embedded valkey-server in the foreground")
+    server = sub.add_parser(
+        "server", help="run an embedded valkey-server in the foreground (loopback only)",
+        description="Without --data-dir nothing is kept across a restart. With it, the "
+                    "server snapshots there (rdb: at most hourly and at shutdown) or logs "
+                    "every write (aof), and starts again from those files.")
     server.add_argument("--port", type=int, default=6379)
     server.add_argument("--unix-socket", action="store_true", help="also listen on a unix socket")
+    server.add_argument("--data-dir", help="keep the data files here and load them at start")
+    server.add_argument("--persistence", choices=MODES,
+                        help="none, rdb (snapshots) or aof (append-only log) "
+                             "(default: rdb with --data-dir, else none)")
+    server.add_argument("--save", metavar="'SECONDS CHANGES ...'",
+                        help=f"snapshot schedule (rdb: '{DEFAULT_SAVE}', '' for only at "
+                             "shutdown; aof: none)")
+    server.add_argument("--appendfsync", choices=APPENDFSYNC, default=DEFAULT_APPENDFSYNC,
+                        help=f"aof: when the log is fsynced ({DEFAULT_APPENDFSYNC})")
+    server.add_argument("--maxmemory", help="e.g. 8gb (default: no limit)")
+    server.add_argument("--maxmemory-policy", help="e.g. allkeys-lru (default: noeviction)")
+    server.add_argument("--print-config", action="store_true",
+                        help="print the valkey.conf directives and exit")
+
+    delete = sub.add_parser(
+        "delete-prefix", help="delete only the keys under one prefix (SCAN + UNLINK in "
+                              "bounded batches; never FLUSHALL)")
+    delete.add_argument("--url", help="server URL (default: $VALKEY_HOST/$VALKEY_PORT; "
+                                      "password from $VALKEY_PASSWORD)")
+    delete.add_argument("--key-prefix", required=True, help="e.g. vllm:kv: (literal, not a glob)")
+    delete.add_argument("--batch", type=_positive, default=500,
+                        help="keys per SCAN step and per UNLINK (500)")
+    delete.add_argument("--dry-run", action="store_true", help="count, delete nothing")
+    delete.add_argument("--yes", action="store_true", help="delete without asking")
+    delete.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     lmc = sub.add_parser(
         "lmcache", help="run LMCache's own CLI with our L2 adapter type registered",
@@ -117,18 +157,86 @@ def _run_lmcache(args: argparse.Namespace) -> int:
     return int(lmcache_main() or 0)
 
 
+def _server_config(args: argparse.Namespace) -> dict[str, str]:
+    from .persistence import persistence_config
+
+    mode = args.persistence or ("rdb" if args.data_dir else "none")
+    if mode != "none" and not args.data_dir:
+        raise ValueError(f"--persistence {mode} needs --data-dir (where the files are kept)")
+    config = persistence_config(mode, save=args.save, appendfsync=args.appendfsync)
+    if args.maxmemory:
+        config["maxmemory"] = args.maxmemory
+    if args.maxmemory_policy:
+        config["maxmemory-policy"] = args.maxmemory_policy
+    return config
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .embedded import EmbeddedValkey
 
-    with EmbeddedValkey(port=args.port, unix_socket=args.unix_socket) as server:
+    config = _server_config(args)
+    server = EmbeddedValkey(port=args.port, unix_socket=args.unix_socket, config=config,
+                            data_dir=args.data_dir,
+                            # the final snapshot of a large dataset takes a while
+                            shutdown_timeout_s=600.0 if args.data_dir else 5.0)
+    if args.print_config:
+        print(server.config_text(), end="")
+        server.close()
+        return 0
+    try:
+        # Loading a large snapshot or log takes a while: the server answers
+        # -LOADING until it is done.
+        server.start(timeout_s=1800.0 if args.data_dir else 10.0)
         print(f"valkey-server listening on {server.url}", flush=True)
         if args.unix_socket:
             print(f"and on {server.unix_url}", flush=True)
+        if args.data_dir:
+            print(f"data in {server.data_dir} ({config_summary(config)})", flush=True)
         print("Ctrl-C to stop.", flush=True)
         try:
             signal.sigwait({signal.SIGINT, signal.SIGTERM})
         except KeyboardInterrupt:
             pass
+    finally:
+        server.close()
+    return 0
+
+
+def config_summary(config: dict[str, str]) -> str:
+    if config.get("appendonly") == "yes":
+        return f"aof, appendfsync {config['appendfsync']}"
+    save = config["save"].strip('"')
+    return f"rdb, save {save!r} and at shutdown" if save else "rdb at shutdown only"
+
+
+def _delete_prefix(args: argparse.Namespace) -> int:
+    from .config import ClientConfig
+    from .errors import ConfigError
+    from .factory import open_client
+    from .prefix_delete import delete_prefix, tqdm_progress
+
+    config = ClientConfig.from_options(args.url)
+    if config.embedded:
+        raise ConfigError("no server to ask: give --url or set VALKEY_HOST")
+    where = f"{config.redacted_url()}, prefix {args.key_prefix!r}"
+    with open_client(config=config) as client:
+        if not (args.dry_run or args.yes):
+            found = delete_prefix(client, args.key_prefix, batch=args.batch, dry_run=True)
+            if not sys.stdin.isatty():
+                raise ValueError(f"{found.matched} keys under {where}: add --yes to delete "
+                                 "them (or --dry-run)")
+            answer = input(f"delete {found.matched} keys under {where}? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                print("nothing deleted")
+                return 1
+        advance, done = (None, lambda: None) if args.quiet else tqdm_progress(
+            "counting" if args.dry_run else "deleting")
+        try:
+            report = delete_prefix(client, args.key_prefix, batch=args.batch,
+                                   dry_run=args.dry_run, progress=advance)
+        finally:
+            done()
+    print(f"{config.redacted_url()}: {report}")
     return 0
 
 
@@ -149,11 +257,13 @@ def _stats(args: argparse.Namespace) -> int:
         if args.format == "prometheus":
             from . import metrics
 
-            print(metrics.render(client, client_stats=False, scan_limit=args.scan_limit), end="")
+            print(metrics.render(client, client_stats=False, scan_limit=args.scan_limit,
+                                 memory_samples=args.memory_samples), end="")
             return 0
         from .server_stats import server_stats
 
-        facts = server_stats(client, args.scan_limit)
+        facts = server_stats(client, args.scan_limit,
+                             args.memory_samples if args.key_prefix else 0)
         if args.format == "json":
             print(json.dumps(facts.to_dict(), indent=2))
         else:
@@ -165,7 +275,7 @@ def _serve_metrics(args: argparse.Namespace, client: Any) -> int:
     from . import metrics
 
     httpd = metrics.serve(args.serve, client, addr=args.addr, client_stats=False,
-                          scan_limit=args.scan_limit)
+                          scan_limit=args.scan_limit, memory_samples=args.memory_samples)
     try:
         print(f"serving lmcache_valkey_* metrics of {client.config.redacted_url()} on "
               f"http://{args.addr}:{httpd.server_port}/metrics; Ctrl-C to stop.", flush=True)
@@ -189,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_lmcache(args)
         if args.command == "stats":
             return _stats(args)
+        if args.command == "delete-prefix":
+            return _delete_prefix(args)
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         return _serve(args)
     except (ValkeyError, RuntimeError, ValueError, ImportError) as e:

@@ -203,6 +203,35 @@ class ClientConfig:
                                    cluster_nodes=())
 
 
+def integration_client_config(owner: str, url: Any, options: dict[str, Any], *,
+                              key_prefix: str, ttl_s: float | None, missing_server: str,
+                              env: Mapping[str, str] | None = None) -> ClientConfig:
+    """The client config of an engine integration (vLLM connector, SGLang
+    backend ...), from its URL and client options: ``key_prefix`` and
+    ``ttl_s`` defaulted (``key_prefix: null`` = none, ``ttl_s: 0`` = never
+    expire), the password held as a :class:`Secret`, every option validated
+    with errors that start with `owner`, and a server required (an engine
+    must never start a private embedded one): ``missing_server`` says how to
+    name it. `options` is normalised in place."""
+    if url is not None and not isinstance(url, str):
+        raise ConfigError(f"{owner}: url must be a string, not {type(url).__name__}")
+    options.setdefault("key_prefix", key_prefix)
+    options.setdefault("ttl_s", ttl_s)
+    if options["key_prefix"] is None:
+        options["key_prefix"] = ""
+    if options.get("ttl_s") == 0:
+        options["ttl_s"] = None
+    if options.get("password") is not None and not isinstance(options["password"], Secret):
+        options["password"] = Secret(str(options["password"]))
+    try:
+        config = ClientConfig.from_options(url or None, env=env, **options)
+    except ConfigError as e:
+        raise ConfigError(f"{owner}: {e}") from None
+    if config.embedded:
+        raise ConfigError(f"{owner} needs a server: {missing_server}")
+    return config
+
+
 def _endpoint(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 

@@ -7,6 +7,11 @@ on a free loopback port in a temporary directory with persistence off and one
 I/O thread (faster than two on small machines), and is stopped when the
 owning object is closed, when the interpreter exits, or (Linux) when the
 parent process dies.
+
+With ``data_dir`` the server keeps its data files (RDB snapshot, AOF) there
+instead, to be started again from them (see :mod:`.persistence` for the
+directives); the directory is locked while a server runs on it, since two
+servers writing the same files would corrupt each other's snapshots.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import fcntl
 import logging
 import os
 import shutil
@@ -107,10 +113,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    # PR_SET_PDEATHSIG: an orphaned server would outlive a crashed benchmark.
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+def _child_setup() -> None:  # pragma: no cover - runs in the child
+    # A parent that waits for signals with sigwait (the CLI) has them
+    # blocked, and a blocked mask survives exec: the server would ignore
+    # SIGTERM, and skip its final save.
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    if sys.platform == "linux":
+        # PR_SET_PDEATHSIG: an orphaned server would outlive a crashed benchmark.
+        with contextlib.suppress(Exception):
+            ctypes.CDLL(None).prctl(1, signal.SIGTERM)
 
 
 class EmbeddedValkey:
@@ -122,6 +133,9 @@ class EmbeddedValkey:
     ``password``/``users`` go into a 0600 config file, never onto the command
     line. ``users`` are ACL rules, e.g. ``["alice on >secret ~* +@all"]``.
     ``config`` adds or overrides directives (``{"maxmemory": "64mb"}``).
+    ``data_dir`` keeps the data files there (and not deleted by ``close``);
+    persistence itself is chosen by ``config`` (:func:`.persistence_config`).
+    Stopping waits up to ``shutdown_timeout_s`` for the server's final save.
     ``binary`` runs another server (``server_binary("redis7")``, say).
     """
 
@@ -133,11 +147,16 @@ class EmbeddedValkey:
         password: str | None = None,
         users: Sequence[str] = (),
         config: dict[str, str] | None = None,
+        data_dir: str | os.PathLike[str] | None = None,
+        shutdown_timeout_s: float = 5.0,
         binary: Path | None = None,
     ) -> None:
         self.host = "127.0.0.1"
         self.port = port or free_port()
         self._dir = Path(tempfile.mkdtemp(prefix="lmcache-valkey-"))
+        self.data_dir = Path(data_dir).resolve() if data_dir is not None else self._dir
+        self.shutdown_timeout_s = shutdown_timeout_s
+        self._lock_fd: int | None = None
         self.unix_path = str(self._dir / "valkey.sock") if unix_socket else None
         self._password = password
         self._users = list(users)
@@ -172,15 +191,21 @@ class EmbeddedValkey:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
-    def _write_config(self) -> Path:
-        lines = {**_BASE_CONFIG, "port": str(self.port), "dir": str(self._dir)}
+    def config_text(self, *, redact: bool = True) -> str:
+        """The valkey.conf this server runs with (passwords and ACL rules
+        shown as ``<redacted>`` unless `redact` is false)."""
+        lines = {**_BASE_CONFIG, "port": str(self.port), "dir": str(self.data_dir)}
         if self.unix_path:
             lines.update(unixsocket=self.unix_path, unixsocketperm="700")
         if self._password:
-            lines["requirepass"] = self._password
+            lines["requirepass"] = "<redacted>" if redact else self._password
         lines.update(self._extra)
         text = "".join(f"{k} {v}\n" for k, v in lines.items())
-        text += "".join(f"user {rule}\n" for rule in self._users)
+        text += "".join(f"user {'<redacted>' if redact else rule}\n" for rule in self._users)
+        return text
+
+    def _write_config(self) -> Path:
+        text = self.config_text(redact=False)
         path = self._dir / "valkey.conf"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -190,6 +215,8 @@ class EmbeddedValkey:
     def start(self, timeout_s: float = 10.0) -> EmbeddedValkey:
         if self.running:
             return self
+        if self.data_dir != self._dir:
+            self._lock_data_dir()
         conf = self._write_config()
         logfile = open(self._dir / "server.log", "ab")  # noqa: SIM115 - kept by Popen
         self._process = subprocess.Popen(
@@ -198,10 +225,17 @@ class EmbeddedValkey:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=self._dir,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            preexec_fn=_child_setup,
+            # Not in the terminal's process group: Ctrl-C reaches the owner,
+            # which then stops the server once (SIGTERM, final save included).
+            start_new_session=True,
         )
         logfile.close()
-        self._wait_ready(timeout_s)
+        try:
+            self._wait_ready(timeout_s)
+        except BaseException:
+            self._unlock_data_dir()
+            raise
         log.info("embedded valkey-server %s listening on %s", self._binary.name, self.url)
         return self
 
@@ -225,23 +259,43 @@ class EmbeddedValkey:
         self.kill()
         raise EmbeddedServerError(f"valkey-server did not answer on {self.url} within {timeout_s}s")
 
+    def _lock_data_dir(self) -> None:
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.data_dir / ".lmcache-valkey.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise EmbeddedServerError(
+                f"{self.data_dir} is in use by another server started from here") from None
+        self._lock_fd = fd
+
+    def _unlock_data_dir(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing releases the flock
+            self._lock_fd = None
+
     def log_tail(self, n: int = 2000) -> str:
         with contextlib.suppress(OSError):
             return (self._dir / "server.log").read_text(errors="replace")[-n:]
         return ""
 
-    def stop(self, timeout_s: float = 5.0) -> None:
-        """Terminate gracefully (SIGTERM), then SIGKILL."""
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Terminate gracefully (SIGTERM: with snapshots configured the server
+        saves first), then SIGKILL after `timeout_s` (default
+        ``shutdown_timeout_s``)."""
         if self._process is None:
             return
         if self._process.poll() is None:
             self._process.terminate()
             try:
-                self._process.wait(timeout_s)
+                self._process.wait(self.shutdown_timeout_s if timeout_s is None else timeout_s)
             except subprocess.TimeoutExpired:
+                log.warning("valkey-server did not stop in time: killed (no final save)")
                 self._process.kill()
                 self._process.wait()
         self._process = None
+        self._unlock_data_dir()
 
     def kill(self) -> None:
         """SIGKILL, as a crash would (for fault tests)."""
@@ -250,9 +304,10 @@ class EmbeddedValkey:
                 self._process.kill()
             self._process.wait()
             self._process = None
+        self._unlock_data_dir()
 
     def restart(self, timeout_s: float = 10.0) -> EmbeddedValkey:
-        """Start again on the same port (data is gone: persistence is off)."""
+        """Start again on the same port (with persistence off, empty)."""
         self.stop()
         return self.start(timeout_s)
 

@@ -11,7 +11,8 @@ Needs ``prometheus_client`` (``pip install 'lmcache-valkey[metrics]'``)::
 A :class:`ValkeyCollector` reads the clients' :meth:`stats` at each scrape
 and, unless ``server=False``, asks the server for its facts
 (:func:`~lmcache_valkey.server_stats.server_stats`: INFO, and a SCAN bounded
-by ``scan_limit`` for the keys under each client's prefix). Labels are
+by ``scan_limit`` for the keys under each client's prefix, and with
+``memory_samples`` > 0 their estimated memory and TTL spread). Labels are
 ``endpoint`` (``host:port``; a cluster's series are per node), ``op``,
 ``result``, ``kind`` and ``prefix`` -- never a user name or password.
 """
@@ -51,13 +52,14 @@ class ValkeyCollector:
     or ValkeyClusterClient). Clients on the same endpoint are summed."""
 
     def __init__(self, *clients: Any, client_stats: bool = True, server: bool = True,
-                 scan_limit: int = DEFAULT_SCAN_LIMIT) -> None:
+                 scan_limit: int = DEFAULT_SCAN_LIMIT, memory_samples: int = 0) -> None:
         _prometheus()
         self._clients = list(clients)
         self._lock = threading.Lock()
         self.client_stats = client_stats
         self.server = server
         self.scan_limit = scan_limit
+        self.memory_samples = memory_samples
 
     def add(self, client: Any) -> None:
         with self._lock:
@@ -81,7 +83,8 @@ class ValkeyCollector:
         facts: list[tuple[str, ServerFacts | None]] = []
         for client, snap in zip(clients, snapshots, strict=True):
             try:
-                facts.append((snap.endpoint, server_stats(client, self.scan_limit)))
+                facts.append((snap.endpoint, server_stats(client, self.scan_limit,
+                                                                 self.memory_samples)))
             except ValkeyError as e:  # the scrape goes on; _server_up says 0
                 log.debug("lmcache_valkey metrics: server facts of %s: %s", snap.endpoint, e)
                 facts.append((snap.endpoint, None))
@@ -171,6 +174,13 @@ def server_families(facts: list[tuple[str, ServerFacts | None]]) -> Iterator[Any
     truncated = core.GaugeMetricFamily(
         _NS + "prefix_keys_truncated", "1 when the SCAN bound stopped the key count.",
         labels=["endpoint", "prefix"])
+    prefix_memory = core.GaugeMetricFamily(
+        _NS + "prefix_memory_bytes_estimate", "Memory of the keys under the prefix: mean "
+        "MEMORY USAGE of a sample of them times their count (an estimate).",
+        labels=["endpoint", "prefix"])
+    prefix_ttl = core.GaugeMetricFamily(
+        _NS + "prefix_ttl_seconds", "Seconds left to live of the sampled keys under the "
+        "prefix that expire (quantile 0, 0.5, 1).", labels=["endpoint", "prefix", "quantile"])
     node_labels = ["endpoint"]
     gauges = {f: core.GaugeMetricFamily(_NS + name, doc, labels=node_labels) for f, name, doc in (
         ("keys", "server_keys", "Keys in the client's database."),
@@ -196,6 +206,13 @@ def server_families(facts: list[tuple[str, ServerFacts | None]]) -> Iterator[Any
             seen_prefixes.add((endpoint, f.key_prefix))
             prefix_keys.add_metric([endpoint, f.key_prefix], f.keys_under_prefix)
             truncated.add_metric([endpoint, f.key_prefix], int(f.scan_truncated))
+            usage = f.prefix_usage
+            if usage is not None:
+                prefix_memory.add_metric([endpoint, f.key_prefix], usage.memory_estimate)
+                for q, v in (("0", usage.ttl_min_s), ("0.5", usage.ttl_median_s),
+                             ("1", usage.ttl_max_s)):
+                    if v is not None:
+                        prefix_ttl.add_metric([endpoint, f.key_prefix, q], v)
         for node in f.nodes:
             if node.endpoint in seen_nodes:
                 continue
@@ -203,22 +220,24 @@ def server_families(facts: list[tuple[str, ServerFacts | None]]) -> Iterator[Any
             for field, fam in (*gauges.items(), *counters.items()):
                 fam.add_metric([node.endpoint], getattr(node, field))
             info.add_metric([node.endpoint, node.version, node.role, node.maxmemory_policy], 1)
-    yield from (up, prefix_keys, truncated, *gauges.values(), *counters.values(), info)
+    yield from (up, prefix_keys, truncated, prefix_memory, prefix_ttl, *gauges.values(),
+                *counters.values(), info)
 
 
 def render(*clients: Any, client_stats: bool = True, server: bool = True,
-           scan_limit: int = DEFAULT_SCAN_LIMIT) -> str:
+           scan_limit: int = DEFAULT_SCAN_LIMIT, memory_samples: int = 0) -> str:
     """The Prometheus text exposition of `clients`' counters and their
     servers' facts (either can be left out)."""
     prom = _prometheus()
     registry = prom.CollectorRegistry()
     registry.register(ValkeyCollector(*clients, client_stats=client_stats, server=server,
-                                      scan_limit=scan_limit))
+                                      scan_limit=scan_limit, memory_samples=memory_samples))
     return prom.generate_latest(registry).decode()
 
 
 def serve(port: int, *clients: Any, addr: str = "127.0.0.1", client_stats: bool = True,
-          server: bool = True, scan_limit: int = DEFAULT_SCAN_LIMIT) -> WSGIServer:
+          server: bool = True, scan_limit: int = DEFAULT_SCAN_LIMIT,
+          memory_samples: int = 0) -> WSGIServer:
     """Serve the metrics of `clients` over HTTP (any path, e.g. ``/metrics``)
     from a daemon thread, with a registry of their own. ``port=0`` picks a
     free port (``.server_port``); ``.shutdown()`` stops it. Listens on
@@ -226,6 +245,6 @@ def serve(port: int, *clients: Any, addr: str = "127.0.0.1", client_stats: bool 
     prom = _prometheus()
     registry = prom.CollectorRegistry()
     registry.register(ValkeyCollector(*clients, client_stats=client_stats, server=server,
-                                      scan_limit=scan_limit))
+                                      scan_limit=scan_limit, memory_samples=memory_samples))
     httpd, _ = prom.start_http_server(port, addr=addr, registry=registry)
     return httpd

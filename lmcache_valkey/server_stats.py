@@ -1,5 +1,6 @@
 """Facts about the server(s) a client talks to: memory, clients, evictions,
-and how many keys sit under the client's prefix.
+and how many keys sit under the client's prefix, what they weigh and how
+long they have left to live.
 
 ``INFO`` gives the server's own counters (one call per primary for a
 cluster). Keys under the prefix come from a bounded ``SCAN``: it examines
@@ -8,17 +9,29 @@ calls), so counting never walks a huge database; when the bound stops it
 before the end, ``scan_truncated`` is true and the count is a lower bound.
 With no prefix the per-node key counts from ``INFO keyspace`` are used and
 nothing is scanned.
+
+On a server shared with other consumers, ``INFO used_memory`` is everyone's.
+The memory of one prefix is therefore *estimated*: ``MEMORY USAGE`` and
+``PTTL`` of a uniform sample (at most ``memory_samples`` keys, drawn from the
+same SCAN), the mean size times the key count. It is exact when the sample
+holds every key. :class:`PrefixScan` is the one SCAN-under-a-prefix loop of
+the package (statistics, LMCache's listings, ``delete-prefix``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import random
+import statistics
+from collections.abc import Iterator
 from typing import Any
 
 from .stats import format_bytes, text_table
 
 #: Default bound on the keys one count examines.
 DEFAULT_SCAN_LIMIT = 100_000
+#: Default bound on the keys whose MEMORY USAGE / PTTL are asked (2 commands each).
+DEFAULT_MEMORY_SAMPLES = 200
 _SCAN_COUNT = 1000
 
 _INT_FIELDS = ("used_memory", "maxmemory", "connected_clients", "evicted_keys", "expired_keys",
@@ -44,12 +57,46 @@ class NodeFacts:
 
 
 @dataclasses.dataclass(frozen=True)
+class PrefixUsage:
+    """What a sample of the keys under a prefix weighs and how long they live.
+
+    ``memory_estimate`` = mean ``MEMORY USAGE`` of the sample × the key
+    count: an estimate (exact when ``sampled`` equals the count). TTLs are
+    seconds left; keys without an expiry are counted, not in the spread.
+    """
+
+    sampled: int
+    sampled_bytes: int
+    memory_estimate: int
+    ttl_min_s: float | None
+    ttl_median_s: float | None
+    ttl_max_s: float | None
+    without_ttl: int
+
+    def __str__(self) -> str:
+        if not self.sampled:
+            return "memory under prefix: no keys to sample"
+        exact = "" if self.sampled_bytes == self.memory_estimate else "~"
+        lines = [f"memory under prefix: {exact}{format_bytes(self.memory_estimate)} "
+                 f"(estimate: MEMORY USAGE of {self.sampled} sampled keys, "
+                 f"mean {format_bytes(self.sampled_bytes / self.sampled)})"]
+        if self.ttl_median_s is not None:
+            lines.append(f"TTL left (sample): min {self.ttl_min_s:.0f} s, median "
+                         f"{self.ttl_median_s:.0f} s, max {self.ttl_max_s:.0f} s; "
+                         f"{self.without_ttl} without TTL")
+        else:
+            lines.append(f"TTL left (sample): none of the {self.without_ttl} keys expires")
+        return "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
 class ServerFacts:
     key_prefix: str
     keys_under_prefix: int
     scan_limit: int
     scan_truncated: bool  # the bound stopped the count: keys_under_prefix is a lower bound
     nodes: list[NodeFacts]
+    prefix_usage: PrefixUsage | None = None  # with a prefix and memory_samples > 0
 
     def total(self, field: str) -> int:
         """A counter summed over the nodes (``used_memory``, ``evicted_keys`` ...)."""
@@ -63,6 +110,8 @@ class ServerFacts:
         bound = f" (SCAN stopped at its bound of {self.scan_limit} keys)" \
             if self.scan_truncated else ""
         lines = [f"keys under prefix {self.key_prefix!r}: {count}{bound}"]
+        if self.prefix_usage is not None:
+            lines.append(str(self.prefix_usage))
         rows = [("server", "role", "version", "keys", "used memory", "maxmemory", "policy",
                  "clients", "evicted", "expired", "hits", "misses")]
         for n in self.nodes:
@@ -83,29 +132,102 @@ def glob_escape(raw: bytes) -> bytes:
     return bytes(out)
 
 
+class PrefixScan:
+    """The key names under `prefix`, one ``SCAN`` step's batch at a time.
+
+    ``for names in PrefixScan(client, b"kv:", limit=10_000): ...`` --
+    `limit` bounds the keys the server *examines* (steps of ``count``), not
+    the names returned; ``None`` walks the whole keyspace. After the loop,
+    ``truncated`` says whether the bound stopped it before the end. A batch
+    may be empty, and (SCAN's contract) a key may come twice; a key present
+    for the whole walk always comes. Works for a ValkeyClient and a cluster
+    client (its ``scan`` walks every primary in turn).
+    """
+
+    def __init__(self, client: Any, prefix: bytes, limit: int | None = None,
+                 count: int = _SCAN_COUNT) -> None:
+        if limit is not None and limit < 1:
+            raise ValueError(f"scan_limit must be >= 1, not {limit}")
+        if count < 1:
+            raise ValueError(f"count must be >= 1, not {count}")
+        self._client = client
+        self._match = glob_escape(prefix) + b"*"
+        self._count = count if limit is None else min(count, limit)
+        self._steps = None if limit is None else -(-limit // self._count)
+        self.truncated = False
+
+    def __iter__(self) -> Iterator[list[bytes]]:
+        cursor, step = "0", 0
+        while self._steps is None or step < self._steps:
+            cursor, names = self._client.scan(cursor, self._match, self._count)
+            step += 1
+            yield names
+            if cursor == "0":
+                return
+        self.truncated = True
+
+
 def count_keys(client: Any, prefix: bytes,
                scan_limit: int = DEFAULT_SCAN_LIMIT) -> tuple[int, bool]:
     """(keys whose name starts with `prefix`, whether the bound stopped the
-    count first). Works for a ValkeyClient and a cluster client (its
-    ``scan`` walks every primary)."""
-    if scan_limit < 1:
-        raise ValueError(f"scan_limit must be >= 1, not {scan_limit}")
-    count = min(_SCAN_COUNT, scan_limit)
-    steps = -(-scan_limit // count)
-    match = glob_escape(prefix) + b"*"
+    count first)."""
+    keys, truncated, _ = _count_and_sample(client, prefix, scan_limit, 0)
+    return keys, truncated
+
+
+def _count_and_sample(client: Any, prefix: bytes, scan_limit: int,
+                      samples: int) -> tuple[int, bool, list[bytes]]:
+    """One bounded SCAN: the count, whether it was truncated, and a uniform
+    sample of at most `samples` distinct names (reservoir sampling)."""
+    scan = PrefixScan(client, prefix, scan_limit)
     seen: set[bytes] = set()  # SCAN may return a key twice
-    cursor = "0"
-    for _ in range(steps):
-        cursor, names = client.scan(cursor, match, count)
-        seen.update(names)
-        if cursor == "0":
-            return len(seen), False
-    return len(seen), True
+    sample: list[bytes] = []
+    rng = random.Random(0)  # the same keyspace gives the same sample
+    for names in scan:
+        for name in names:
+            if name in seen:
+                continue
+            seen.add(name)
+            if len(sample) < samples:
+                sample.append(name)
+            elif samples:
+                j = rng.randrange(len(seen))
+                if j < samples:
+                    sample[j] = name
+    return len(seen), scan.truncated, sample
 
 
-def server_stats(client: Any, scan_limit: int = DEFAULT_SCAN_LIMIT) -> ServerFacts:
+def prefix_usage(client: Any, names: list[bytes], keys: int) -> PrefixUsage:
+    """MEMORY USAGE and PTTL of the sampled `names` (full key names), scaled
+    to `keys`. A key gone since the SCAN is left out."""
+    sizes: list[int] = []
+    ttls: list[float] = []
+    without_ttl = 0
+    for name in names:
+        size = client.execute_on_key(name, "MEMORY", "USAGE", name)
+        pttl = int(client.execute_on_key(name, "PTTL", name))
+        if size is None or pttl == -2:  # expired, evicted or deleted meanwhile
+            continue
+        sizes.append(int(size))
+        if pttl == -1:
+            without_ttl += 1
+        else:
+            ttls.append(pttl / 1000)
+    total = sum(sizes)
+    estimate = total if len(sizes) >= keys else round(total / len(sizes) * keys) if sizes else 0
+    return PrefixUsage(sampled=len(sizes), sampled_bytes=total, memory_estimate=estimate,
+                       ttl_min_s=min(ttls) if ttls else None,
+                       ttl_median_s=statistics.median(ttls) if ttls else None,
+                       ttl_max_s=max(ttls) if ttls else None, without_ttl=without_ttl)
+
+
+def server_stats(client: Any, scan_limit: int = DEFAULT_SCAN_LIMIT,
+                 memory_samples: int = 0) -> ServerFacts:
     """INFO figures of every server behind `client` and the keys under its
-    key prefix (see the module docstring for the bound)."""
+    key prefix (see the module docstring for the bound); with a prefix and
+    `memory_samples` > 0, also their estimated memory and TTL spread."""
+    if memory_samples < 0:
+        raise ValueError(f"memory_samples must be >= 0, not {memory_samples}")
     config = client.config
     if hasattr(client, "execute_on_all"):  # a cluster: every primary
         infos = client.execute_on_all("INFO")
@@ -113,12 +235,15 @@ def server_stats(client: Any, scan_limit: int = DEFAULT_SCAN_LIMIT) -> ServerFac
         infos = {config.endpoint: client.execute("INFO")}
     nodes = [_node_facts(ep, _parse_info(raw), config.db) for ep, raw in sorted(infos.items())]
     prefix = config.key_prefix
+    usage = None
     if prefix:
-        keys, truncated = count_keys(client, prefix, scan_limit)
+        keys, truncated, sample = _count_and_sample(client, prefix, scan_limit, memory_samples)
+        if memory_samples:
+            usage = prefix_usage(client, sample, keys)
     else:
         keys, truncated = sum(n.keys for n in nodes), False
     return ServerFacts(prefix.decode("utf-8", "backslashreplace"), keys, scan_limit, truncated,
-                       nodes)
+                       nodes, usage)
 
 
 def _parse_info(raw: Any) -> dict[str, str]:

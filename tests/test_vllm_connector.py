@@ -15,11 +15,12 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from vllm_fixtures import BLOCK, Worker, request, scheduler, vllm_config  # noqa: E402
+from vllm_fixtures import BLOCK, Engine, Worker, request, scheduler, vllm_config  # noqa: E402
 
 from lmcache_valkey import EmbeddedValkey, ValkeyClient  # noqa: E402
 from lmcache_valkey.errors import ConfigError  # noqa: E402
 from lmcache_valkey.vllm.config import ConnectorConfig  # noqa: E402
+from lmcache_valkey.vllm.metadata import ValkeyConnectorMetadata  # noqa: E402
 
 
 def tokens(n: int, seed: int = 0) -> list[int]:
@@ -34,13 +35,23 @@ def computed_before_step(out) -> int:
 
 
 def run_prefill(vc, worker: Worker, toks: list[int], **kw):
-    """Schedule one request on a fresh scheduler; run the worker's step."""
-    sched = scheduler(vc)
-    req = request(toks, **kw)
-    sched.add_request(req)
-    out = sched.schedule()
-    errors = worker.step(out.kv_connector_metadata)
-    return sched, req, out, errors
+    """Run one request on a fresh scheduler until it is scheduled (after its
+    asynchronous load, if any) and its saves have reached the server.
+
+    Returns (scheduler, request, the output of the step that scheduled it,
+    the load-error block ids reported); that output's ``kv_connector_metadata``
+    holds the loads and saves of every step so far (a load is planned in the
+    step before the request runs)."""
+    eng = Engine(vc, [worker])
+    req = eng.add(request(toks, **kw))
+    eng.run_until(lambda: eng.first_scheduled(req) is not None)
+    out = eng.first_scheduled(req)
+    out.kv_connector_metadata = ValkeyConnectorMetadata(
+        loads=[t for m in eng.metas for t in m.loads],
+        saves=[t for m in eng.metas for t in m.saves])
+    worker.settle()
+    errors = set().union(*(o.invalid_block_ids for o in eng.outputs))
+    return eng.sched, req, out, errors
 
 
 def test_cold_run_saves_every_full_prompt_block_with_ttl_and_prefix(model_dir, raw, extra):
@@ -118,22 +129,32 @@ def test_cache_salt_and_namespace_keep_deployments_apart(model_dir, extra):
     assert computed_before_step(out) == 0
 
 
-def test_block_gone_between_lookup_and_load_is_reported_for_recompute(model_dir, server, extra):
+def test_block_gone_between_lookup_and_load_is_recomputed_and_saved_again(model_dir, raw,
+                                                                         extra):
     vc = vllm_config(model_dir, extra)
     assert vc.kv_transfer_config.kv_load_failure_policy == "fail"   # vLLM's default ...
     toks = tokens(200, seed=7)
     run_prefill(vc, Worker(vc, seed=1), toks)
     w = Worker(vc, seed=2)
     assert vc.kv_transfer_config.kv_load_failure_policy == "recompute"  # ... ours
-    sched = scheduler(vc)
-    req = request(toks)
-    sched.add_request(req)
-    out = sched.schedule()
-    [load] = out.kv_connector_metadata.loads
-    with ValkeyClient(server.url, key_prefix=extra["key_prefix"]) as raw:
-        raw.batch_delete([w.connector.key_of(load.hashes[3])])     # evicted meanwhile
-    errors = w.step(out.kv_connector_metadata)
+    eng = Engine(vc, [w])
+    req = eng.add(request(toks))
+    gone = extra["key_prefix"] + w.connector.key_of(req.block_hashes[3].hex())
+
+    def evict(so):  # after the lookup found all 6 blocks, before the workers load
+        if so.kv_connector_metadata.loads:
+            assert raw.delete(gone) == 1
+    eng.step(before_workers=evict)
+    [load] = eng.metas[0].loads
+    assert len(load.block_ids) == 6
+    eng.run_until(lambda: eng.first_scheduled(req) is not None)
+    errors = set().union(*(o.invalid_block_ids for o in eng.outputs))
     assert errors == {load.block_ids[3]}
+    assert computed_before_step(eng.first_scheduled(req)) == 3 * BLOCK  # truncated, recomputed
+    eng.settle()
+    saves = [h for m in eng.metas for t in m.saves for h in t.hashes]
+    assert saves == [req.block_hashes[3].hex()]                # saved again, only it
+    assert raw.get(gone) == w.block_bytes(load.block_ids[3])
     assert w.connector.get_block_ids_with_load_errors() == set()   # reported once
 
 
@@ -141,12 +162,10 @@ def test_local_prefix_cache_hits_are_not_looked_up_again(model_dir, extra):
     vc = vllm_config(model_dir, extra, prefix_caching=True)
     toks = tokens(300, seed=8)
     w = Worker(vc, seed=1)
-    sched = scheduler(vc)
-    r1 = request(toks)
-    sched.add_request(r1)
-    w.step(sched.schedule().kv_connector_metadata)
-    # The first request's blocks stay cached locally; a second identical
-    # request hits vLLM's own prefix cache, and the connector adds nothing.
+    eng = Engine(vc, [w])
+    r1 = eng.add(request(toks))
+    eng.run_until(lambda: eng.first_scheduled(r1) is not None)
+    sched = eng.sched
     conn = sched.connector
     assert conn.get_num_new_matched_tokens(r1, 9 * BLOCK) == (0, False)
 

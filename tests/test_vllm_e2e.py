@@ -19,7 +19,6 @@ run and a Valkey server.
 
 from __future__ import annotations
 
-import random
 import time
 
 import pytest
@@ -29,21 +28,15 @@ pytest.importorskip("vllm")
 from lmcache_valkey import EmbeddedValkey  # noqa: E402
 from lmcache_valkey.vllm.tiny_llama import TEST_TINY, build_tiny_llama  # noqa: E402
 
-from vllm_server import VllmServer  # noqa: E402
+from vllm_server import HITS, VllmServer, random_prompt  # noqa: E402
 
 pytestmark = pytest.mark.timeout(900)
 
-HITS = "vllm:external_prefix_cache_hits_total"
 BLOCK = 32
 
 
-def _prompt(seed: int, n: int) -> list[int]:
-    rng = random.Random(seed)
-    return [rng.randrange(10, 2000) for _ in range(n)]
-
-
 # Lengths with and without a partial last block.
-PROMPTS = {f"p{i}": _prompt(i, n) for i, n in enumerate([600, 417, 256, 333])}
+PROMPTS = {f"p{i}": random_prompt(i, n) for i, n in enumerate([600, 417, 256, 333])}
 
 
 def loadable_tokens(prompt: list[int]) -> int:

@@ -23,7 +23,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.metrics import (  # noqa: E402
     KVConnectorLogging,
     KVConnectorProm,
 )
-from vllm_fixtures import BLOCK, Worker, request, scheduler, vllm_config  # noqa: E402
+from vllm_fixtures import BLOCK, Engine, Worker, request, vllm_config  # noqa: E402
 
 from lmcache_valkey import ValkeyClient  # noqa: E402
 from lmcache_valkey.vllm.connector import ValkeyConnector  # noqa: E402
@@ -35,14 +35,15 @@ def tokens(n: int, seed: int) -> list[int]:
     return [rng.randrange(10, 2000) for _ in range(n)]
 
 
-def step(vc, worker: Worker, toks: list[int]):
-    """One request on a fresh scheduler and the worker's step; returns the
-    scheduler-side connector and the metadata."""
-    sched = scheduler(vc)
-    sched.add_request(request(toks))
-    out = sched.schedule()
-    worker.step(out.kv_connector_metadata)
-    return sched.connector, out.kv_connector_metadata
+def step(vc, worker: Worker, toks: list[int]) -> ValkeyConnectorStats:
+    """One request on a fresh scheduler, stepped until it ran and its saves
+    ended (they run in the background); the connector stats vLLM got."""
+    eng = Engine(vc, [worker])
+    req = eng.add(request(toks))
+    eng.run_until(lambda: eng.first_scheduled(req) is not None)
+    worker.settle()
+    eng.step()        # the next step's output carries what the background saves counted
+    return eng.kv_stats
 
 
 def test_hits_misses_load_errors_and_bytes_reach_vllms_log_and_prometheus(
@@ -50,39 +51,41 @@ def test_hits_misses_load_errors_and_bytes_reach_vllms_log_and_prometheus(
     vc = vllm_config(model_dir, extra)
     toks = tokens(200, seed=11)                          # 6 full blocks
     cold = Worker(vc, seed=1)
-    sched_conn, _ = step(vc, cold, toks)
+    saved = step(vc, cold, toks)
     block_nbytes = cold.connector._worker.layout.block_nbytes
-    assert sched_conn.get_kv_connector_stats().data["lookup_blocks"] == 6
-    saved = cold.connector.get_kv_connector_stats()
+    assert saved.data["lookup_blocks"] == 6
     assert saved.data["saved_blocks"] == 6 and saved.data["saved_bytes"] == 6 * block_nbytes
     assert cold.connector.get_kv_connector_stats() is None        # taken: nothing new
 
     # Warm: all 6 found; one is deleted between lookup and load.
     warm = Worker(vc, seed=2)
-    sched = scheduler(vc)
-    sched.add_request(request(toks))
-    out = sched.schedule()
-    [load] = out.kv_connector_metadata.loads
-    with ValkeyClient(server.url, key_prefix=extra["key_prefix"]) as c:
-        c.batch_delete([warm.connector.key_of(load.hashes[2])])
-    warm.step(out.kv_connector_metadata)
-    lookup = sched.connector.get_kv_connector_stats()
-    loads = warm.connector.get_kv_connector_stats()
-    assert lookup.data["lookups"] == 1 and lookup.data["hit_blocks"] == 6
-    assert lookup.data["hit_tokens"] == 6 * BLOCK
-    assert loads.data["loaded_blocks"] == 5 and loads.data["load_error_blocks"] == 1
-    assert loads.data["loaded_bytes"] == 5 * block_nbytes
+    eng = Engine(vc, [warm])
+    req = eng.add(request(toks))
 
-    # As vLLM moves them: worker stats + scheduler stats, to_dict, rebuilt
-    # by the class method in the logging process.
-    total = loads.aggregate(lookup)
+    def evict(so):
+        if so.kv_connector_metadata.loads:
+            with ValkeyClient(server.url, key_prefix=extra["key_prefix"]) as c:
+                assert c.batch_delete([warm.connector.key_of(req.block_hashes[2].hex())]) == [1]
+    eng.step(before_workers=evict)
+    eng.run_until(lambda: eng.first_scheduled(req) is not None)
+    eng.settle()
+    eng.step()        # carries what the background save of the recomputed block counted
+    total = eng.kv_stats                  # worker + scheduler, as vLLM's engine core sums them
+    assert total.data["lookups"] == 1 and total.data["hit_blocks"] == 6
+    assert total.data["hit_tokens"] == 6 * BLOCK
+    assert total.data["loaded_blocks"] == 5 and total.data["load_error_blocks"] == 1
+    assert total.data["loaded_bytes"] == 5 * block_nbytes
+    assert total.data["saved_blocks"] == 1          # the recomputed block is stored again
+
+    # As vLLM moves them: to_dict, rebuilt by the class method in the logging process.
     rebuilt = ValkeyConnector.build_kv_connector_stats(total.to_dict())
     assert isinstance(rebuilt, ValkeyConnectorStats)
     assert rebuilt.reduce() == {
         "lookups": 1, "hit_blocks": 6, "miss_blocks": 0, "hit_rate_pct": 100.0,
         "hit_tokens": 6 * BLOCK, "loaded_blocks": 5, "load_error_blocks": 1,
-        "loaded_MiB": round(5 * block_nbytes / 2**20, 1), "saved_blocks": 0,
-        "save_error_blocks": 0, "saved_MiB": 0.0, "failed_batches": 0}
+        "loaded_MiB": round(5 * block_nbytes / 2**20, 1), "saved_blocks": 1,
+        "save_error_blocks": 0, "saved_MiB": round(block_nbytes / 2**20, 1), "save_dropped_blocks": 0,
+        "lookup_timeouts": 0, "failed_batches": 0}
 
     lines: list[str] = []
     logging_ = KVConnectorLogging(vc.kv_transfer_config)
@@ -90,8 +93,10 @@ def test_hits_misses_load_errors_and_bytes_reach_vllms_log_and_prometheus(
     logging_.log(log_fn=lambda fmt, *args: lines.append(fmt % args))
     assert lines == ["KV Transfer metrics: lookups=1, hit_blocks=6, miss_blocks=0, "
                      "hit_rate_pct=100.0, hit_tokens=192, loaded_blocks=5, load_error_blocks=1, "
-                     f"loaded_MiB={round(5 * block_nbytes / 2**20, 1)}, saved_blocks=0, "
-                     "save_error_blocks=0, saved_MiB=0.0, failed_batches=0"]
+                     f"loaded_MiB={round(5 * block_nbytes / 2**20, 1)}, saved_blocks=1, "
+                     f"save_error_blocks=0, saved_MiB={round(block_nbytes / 2**20, 1)}, "
+                     "save_dropped_blocks=0, "
+                     "lookup_timeouts=0, failed_batches=0"]
 
     registry = CollectorRegistry()
 
@@ -111,15 +116,13 @@ def test_hits_misses_load_errors_and_bytes_reach_vllms_log_and_prometheus(
 
 def test_misses_and_a_server_down_are_counted(model_dir, extra, make_server) -> None:
     vc = vllm_config(model_dir, extra)
-    sched_conn, _ = step(vc, Worker(vc, seed=1), tokens(100, seed=12))   # cold: 3 misses
-    reduced = sched_conn.get_kv_connector_stats().reduce()
+    reduced = step(vc, Worker(vc, seed=1), tokens(100, seed=12)).reduce()   # cold: 3 misses
     assert (reduced["hit_blocks"], reduced["miss_blocks"], reduced["hit_rate_pct"]) == (0, 3, 0.0)
 
     s = make_server()
     down = vllm_config(model_dir, {"url": s.url, "connect_timeout_s": 1})
     w = Worker(down, seed=1)
     s.stop()
-    sched_conn, _ = step(down, w, tokens(100, seed=13))
-    assert sched_conn.get_kv_connector_stats().data["lookup_failures"] == 1
-    stats = w.connector.get_kv_connector_stats()
+    stats = step(down, w, tokens(100, seed=13))
+    assert stats.data["lookup_failures"] == 1
     assert stats.data["save_failures"] == 1 and stats.data["save_error_blocks"] == 3

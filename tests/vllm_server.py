@@ -9,16 +9,26 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 START_TIMEOUT_S = 240
+# vLLM's counter of prompt tokens loaded through the KV connector.
+HITS = "vllm:external_prefix_cache_hits_total"
+
+
+def random_prompt(seed: int, n: int) -> list[int]:
+    """`n` token ids, the same for the same seed (no BOS, no special ids)."""
+    rng = random.Random(seed)
+    return [rng.randrange(10, 2000) for _ in range(n)]
 
 
 def free_port() -> int:
@@ -29,13 +39,14 @@ def free_port() -> int:
 
 class VllmServer:
     def __init__(self, model_dir: Path, log_path: Path, *, kv_transfer: dict | None = None,
-                 prefix_caching: bool = True, env: dict[str, str] | None = None) -> None:
+                 prefix_caching: bool = True, env: dict[str, str] | None = None,
+                 max_model_len: int = 2048) -> None:
         self.model = str(model_dir)
         self.port = free_port()
         self.log_path = log_path
         args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,
                 "--port", str(self.port), "--dtype", "float32", "--block-size", "32",
-                "--max-model-len", "2048", "--enforce-eager", "--max-num-seqs", "4"]
+                "--max-model-len", str(max_model_len), "--enforce-eager", "--max-num-seqs", "4"]
         if not prefix_caching:
             args.append("--no-enable-prefix-caching")
         if kv_transfer is not None:
@@ -96,6 +107,27 @@ class VllmServer:
         with urllib.request.urlopen(req, timeout=120) as r:
             lp = json.load(r)["choices"][0]["logprobs"]
         return lp["tokens"], lp["token_logprobs"]
+
+    def stream(self, prompt: list[int] | str, max_tokens: int, arrivals: list[float],
+               stop: threading.Event | None = None, timeout: float = 300) -> int:
+        """Stream a greedy completion, appending each token's time.monotonic() to `arrivals`.
+
+        Returns the number of tokens received; `stop` set: hang up (vLLM aborts it).
+        """
+        body = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens,
+                "temperature": 0, "stream": True, "ignore_eos": True}
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/v1/completions",
+                                     data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            for raw in r:
+                line = raw.strip()
+                if not line.startswith(b"data:") or line[5:].strip() == b"[DONE]":
+                    continue
+                arrivals.extend(time.monotonic() for _ in json.loads(line[5:])["choices"])
+                if stop is not None and stop.is_set():
+                    break
+        return len(arrivals)
 
     def metric(self, name: str) -> float:
         """Sum of a Prometheus counter over its label sets."""

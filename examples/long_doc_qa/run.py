@@ -16,13 +16,19 @@ ExampleConnector on a local folder) this script
    configurations so that machine noise spreads over all of them),
 
 measuring time to first token (TTFT, by streaming) and the wall time of each
-round. It then prints a table in the style of LMCache's
-``benchmarks/long_doc_qa``: TTFT per round, the query-round improvement over
-``none``, vLLM's ``external_prefix_cache_hits_total`` after the query round and
-whether the query round's generated tokens and logprobs equal ``none``'s.
+round. ``--max-inflight-requests N`` keeps N requests in flight;
+``--hit-miss-ratio H:M`` mixes M fresh, never-seen documents after every H
+repeated ones into each query round (as LMCache's benchmark does). It then
+prints a table in the style of LMCache's ``benchmarks/long_doc_qa``: TTFT per
+round (repeated and fresh documents apart), the query round time against
+``none``'s and ``example``'s, vLLM's ``external_prefix_cache_hits_total`` after
+the query round and whether the query round's generated tokens and logprobs
+equal ``none``'s. ``--hook-timings`` adds the wall time of each connector hook
+(``lmcache_valkey.vllm.hook_timing``).
 
     python examples/long_doc_qa/run.py                 # 8 docs x 1200 tokens
     python examples/long_doc_qa/run.py --num-docs 4    # faster
+    python examples/long_doc_qa/run.py --max-inflight-requests 4 --hit-miss-ratio 2:1
 
 The model is a local 89M-parameter Llama with random weights
 (``lmcache_valkey.vllm.tiny_llama``), built once into ``--model-dir``.
@@ -63,10 +69,14 @@ try:
 except ImportError:  # pragma: no cover - optional
     Console = Table = None
 
+from lmcache_valkey.vllm.hook_timing import DIR_ENV as HOOK_TIMINGS_ENV
+from lmcache_valkey.vllm.hook_timing import DEFAULT_DUMP_INTERVAL_S, load_dumps, summarize_ms
+
 DEFAULT_MODEL_DIR = Path.home() / ".cache" / "lmcache_valkey" / "llama-89m"
 QUESTION = "\n\nQuestion: In one sentence, what is this document about?\nAnswer:"
 SERVER_WARMUP_PROMPT = "Hello, this is a short warm-up request."
 ALL_CONFIGS = ("none", "valkey", "valkey-unix", "example")
+TEXT_COLUMNS = ("config", "round", "role", "hook")
 
 
 # ------------------------------------------------------------------ processes
@@ -76,26 +86,23 @@ _children_lock = threading.Lock()
 
 
 def _kill_group(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    """SIGTERM the process group of `proc` (started with its own session), then SIGKILL."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
+    """SIGTERM `proc` (started with its own session), then SIGKILL what is left of its group.
+
+    Only the API server gets SIGTERM, so that it stops its engine itself (as
+    tests/vllm_server.py does); whatever is still running afterwards is killed.
+    """
+    if proc.poll() is None:
+        proc.terminate()
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
             pass
-        proc.wait()
     # vLLM's engine core may outlive the API server for a moment; reap the rest of the group.
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    proc.wait()
 
 
 def _cleanup_children() -> None:
@@ -138,6 +145,8 @@ class VllmServer:
                "--enforce-eager"]
         if not args.prefix_caching:
             cmd.append("--no-enable-prefix-caching")
+        if getattr(args, "max_num_batched_tokens", None):
+            cmd += ["--max-num-batched-tokens", str(args.max_num_batched_tokens)]
         if kv_transfer is not None:
             cmd += ["--kv-transfer-config", json.dumps(kv_transfer, separators=(",", ":"))]
         cmd += shlex.split(args.vllm_args)
@@ -157,13 +166,16 @@ class VllmServer:
         env = " ".join(f"{k}={v}" for k, v in self.env_extra.items())
         return redact(env + " " + shlex.join(self.cmd))
 
-    def start(self, phase: str) -> float:
+    def start(self, phase: str, env: dict[str, str] | None = None) -> float:
         self.starts += 1
         self.log_path = self.log_dir / f"vllm-{self.name}-{phase}.log"
         log = open(self.log_path, "wb")
         t0 = time.monotonic()
+        # cwd outside any checkout: `python -m` puts the cwd first on sys.path, and a
+        # source tree (no compiled _native) would shadow the installed package.
         proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, **self.env_extra}, start_new_session=True)
+                                env={**os.environ, **self.env_extra, **(env or {})},
+                                start_new_session=True, cwd=self.log_dir)
         log.close()
         with _children_lock:
             _children.append(proc)
@@ -220,13 +232,29 @@ class Result:
     doc: int
     ttft: float
     latency: float
+    # False: a fresh document (never sent before) mixed into a query round by
+    # --hit-miss-ratio; True: a warm-up document sent again.
+    repeated: bool = True
     text: str = ""
     tokens: list[str] = field(default_factory=list)
     logprobs: list[float | None] = field(default_factory=list)
+    # time.monotonic() of every streamed chunk (for inter-token gaps).
+    arrivals: list[float] = field(default_factory=list)
+
+    def max_gap(self, start: float = float("-inf"), end: float = float("inf")) -> float:
+        """Longest wait between two streamed chunks, counting gaps that overlap (start, end)."""
+        gaps = [b - a for a, b in zip(self.arrivals, self.arrivals[1:]) if b >= start and a <= end]
+        return max(gaps, default=0.0)
 
 
 def stream_completion(port: int, model: str, prompt: str, max_tokens: int, doc: int,
-                      timeout: float) -> Result:
+                      timeout: float, stop: threading.Event | None = None,
+                      into: Result | None = None) -> Result:
+    """One streamed greedy completion.
+
+    `stop` set: hang up after the next chunk (vLLM aborts the request). `into`:
+    fill this Result, which another thread may watch while it streams.
+    """
     body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
             "logprobs": 1, "stream": True, "ignore_eos": True}
     req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions",
@@ -234,7 +262,7 @@ def stream_completion(port: int, model: str, prompt: str, max_tokens: int, doc: 
                                  headers={"Content-Type": "application/json"})
     t0 = time.perf_counter()
     ttft: float | None = None
-    res = Result(doc=doc, ttft=0.0, latency=0.0)
+    res = into if into is not None else Result(doc=doc, ttft=0.0, latency=0.0)
     with urllib.request.urlopen(req, timeout=timeout) as r:
         for raw in r:
             line = raw.strip()
@@ -246,35 +274,45 @@ def stream_completion(port: int, model: str, prompt: str, max_tokens: int, doc: 
             chunk = json.loads(data)
             for choice in chunk.get("choices", []):
                 text = choice.get("text") or ""
+                res.arrivals.append(time.monotonic())  # a token, even if no text yet
                 if text and ttft is None:
                     ttft = time.perf_counter() - t0
                 res.text += text
                 lp = choice.get("logprobs") or {}
                 res.tokens += lp.get("tokens") or []
                 res.logprobs += lp.get("token_logprobs") or []
+            if stop is not None and stop.is_set():
+                break
     res.latency = time.perf_counter() - t0
     res.ttft = ttft if ttft is not None else res.latency
     return res
 
 
-def run_round(server: VllmServer, prompts: list[str], args: argparse.Namespace,
-              label: str) -> tuple[list[Result], float]:
-    bar = tqdm(total=len(prompts), desc=label, leave=False, unit="req") if tqdm else None
+def run_round(server: VllmServer, prompts: list[str], plan: list[tuple[int, bool]],
+              args: argparse.Namespace, label: str) -> tuple[list[Result], float]:
+    """Send `plan`'s (document, repeated) requests, --max-inflight-requests at a time.
+
+    A pool of that many threads, each sending its next request as soon as its
+    previous one finished: at most (and, until the end, exactly) that many in flight.
+    """
+    bar = tqdm(total=len(plan), desc=label, leave=False, unit="req") if tqdm else None
     t0 = time.perf_counter()
 
-    def one(i: int) -> Result:
-        r = stream_completion(server.port, server.model, prompts[i], args.max_tokens, i,
+    def one(item: tuple[int, bool]) -> Result:
+        doc, repeated = item
+        r = stream_completion(server.port, server.model, prompts[doc], args.max_tokens, doc,
                               args.request_timeout)
+        r.repeated = repeated
         if bar is not None:
             bar.update(1)
         return r
 
     try:
-        if args.concurrency <= 1:
-            results = [one(i) for i in range(len(prompts))]
+        if args.max_inflight_requests <= 1:
+            results = [one(item) for item in plan]
         else:
-            with ThreadPoolExecutor(args.concurrency) as pool:
-                results = list(pool.map(one, range(len(prompts))))
+            with ThreadPoolExecutor(args.max_inflight_requests) as pool:
+                results = list(pool.map(one, plan))
     finally:
         if bar is not None:
             bar.close()
@@ -312,34 +350,85 @@ def ensure_model(model_dir: Path) -> Path:
     return model_dir
 
 
-def compare(a: list[Result], b: list[Result]) -> tuple[bool, float]:
-    """(same generated tokens for every request, max |logprob difference|)."""
-    same = True
+def parse_hit_miss(text: str) -> tuple[int, int]:
+    """``"H:M"`` -> (H, M), H >= 1, M >= 0."""
+    try:
+        hit, miss = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected H:M (e.g. 2:1), got {text!r}") from None
+    if hit < 1 or miss < 0:
+        raise argparse.ArgumentTypeError(f"need H >= 1 and M >= 0, got {text!r}")
+    return hit, miss
+
+
+def fresh_docs_per_round(num_docs: int, ratio: tuple[int, int] | None) -> int:
+    if ratio is None:
+        return 0
+    hit, miss = ratio
+    return -(-num_docs // hit) * miss  # one group of M per (possibly short) group of H
+
+
+def query_plan(num_docs: int, ratio: tuple[int, int] | None,
+               round_index: int) -> list[tuple[int, bool]]:
+    """The query round's (document, repeated) requests, in sending order.
+
+    Without a ratio: the warm-up documents 0..N-1 again. With H:M: H warm-up
+    documents, then M fresh ones, then the next H, ... until every warm-up document
+    was sent once. Fresh documents follow the warm-up ones (N, N+1, ...), each
+    query round its own: a fresh document of round 1 may be cached by round 2.
+    Round r of every configuration sends the same documents, so outputs can be
+    compared with ``none``'s.
+    """
+    if ratio is None:
+        return [(doc, True) for doc in range(num_docs)]
+    hit, miss = ratio
+    fresh = num_docs + round_index * fresh_docs_per_round(num_docs, ratio)
+    plan: list[tuple[int, bool]] = []
+    for group, start in enumerate(range(0, num_docs, hit)):
+        plan += [(doc, True) for doc in range(start, min(start + hit, num_docs))]
+        plan += [(fresh + group * miss + j, False) for j in range(miss)]
+    return plan
+
+
+def compare(reference: list[Result], results: list[Result]) -> dict[str, Any]:
+    """Each result against the reference answer for the same document.
+
+    ``{"repeated": bool|None, "fresh": bool|None, "max_logprob_diff": float}``:
+    same generated tokens for every repeated (resp. fresh) document; None when
+    there were none.
+    """
+    ref = {r.doc: r for r in reference}
+    same: dict[bool, bool | None] = {True: None, False: None}
     max_diff = 0.0
-    for x, y in zip(sorted(a, key=lambda r: r.doc), sorted(b, key=lambda r: r.doc)):
-        if x.tokens != y.tokens or x.text != y.text:
-            same = False
-        for p, q in zip(x.logprobs, y.logprobs):
-            if p is not None and q is not None:
-                max_diff = max(max_diff, abs(p - q))
-    return same and len(a) == len(b), max_diff
+    for y in results:
+        x = ref.get(y.doc)
+        ok = x is not None and x.tokens == y.tokens and x.text == y.text
+        same[y.repeated] = ok and same[y.repeated] is not False
+        if x is not None:
+            for p, q in zip(x.logprobs, y.logprobs):
+                if p is not None and q is not None:
+                    max_diff = max(max_diff, abs(p - q))
+    return {"repeated": same[True], "fresh": same[False], "max_logprob_diff": max_diff}
 
 
-def summarize(results: list[Result]) -> dict[str, float]:
+def summarize(results: list[Result]) -> dict[str, float] | None:
     ttfts = [r.ttft for r in results]
+    if not ttfts:
+        return None
     return {"mean": statistics.fmean(ttfts), "median": statistics.median(ttfts),
-            "min": min(ttfts), "max": max(ttfts)}
+            "min": min(ttfts), "max": max(ttfts), "n": len(ttfts)}
 
 
 # ------------------------------------------------------------------ output
 
 
-def fmt_identical(cfg: dict[str, Any], tol: float) -> str:
+def fmt_identical(cfg: dict[str, Any], which: str, tol: float) -> str:
     if cfg["name"] == "none":
         return "(reference)"
-    if cfg.get("identical_tokens") is None:
+    same = cfg.get("identical", {}).get(which)
+    if same is None:
         return "n/a"
-    if not cfg["identical_tokens"]:
+    if not same:
         return "NO (tokens differ)"
     d = cfg["max_logprob_diff"]
     if d == 0.0:
@@ -347,36 +436,48 @@ def fmt_identical(cfg: dict[str, Any], tol: float) -> str:
     return f"yes (max Δlogprob {d:.1e})" if d <= tol else f"tokens yes, Δlogprob {d:.1e}"
 
 
+def fmt_ttft(stats: dict[str, float] | None) -> str:
+    return "-" if stats is None else f"{stats['mean']:.3f} / {stats['median']:.3f}"
+
+
+def fmt_ratio(cfg: dict[str, Any], base: dict[str, Any] | None) -> str:
+    if base is None or base is cfg:
+        return "-"
+    return f"{cfg['query']['round_s'] / base['query']['round_s']:.2f}x"
+
+
 def build_rows(configs: list[dict[str, Any]], tol: float) -> tuple[list[str], list[list[str]]]:
     header = ["config", "warm-up TTFT mean / median (s)", "query TTFT mean / median (s)",
-              "warm-up round (s)", "query round (s)", "query TTFT vs none", "ext hits",
-              "outputs identical to none"]
+              "repeated docs TTFT (s)", "fresh docs TTFT (s)", "warm-up round (s)",
+              "query round (s)", "query round vs none", "query round vs example", "ext hits",
+              "repeated docs identical to none", "fresh docs identical to none"]
     base = next((c for c in configs if c["name"] == "none"), None)
+    example = next((c for c in configs if c["name"] == "example"), None)
     rows = []
     for c in configs:
-        w, q = c["warmup"]["ttft"], c["query"]["ttft"]
-        if base is not None and c["name"] != "none":
-            ratio = q["mean"] / base["query"]["ttft"]["mean"]
-            imp = f"{ratio * 100:.1f}% ({1 / ratio:.1f}x faster)"
-        else:
-            imp = "-"
+        q = c["query"]
         hits = c.get("ext_hits")
-        rows.append([c["name"], f"{w['mean']:.3f} / {w['median']:.3f}",
-                     f"{q['mean']:.3f} / {q['median']:.3f}",
-                     f"{c['warmup']['round_s']:.2f}", f"{c['query']['round_s']:.2f}", imp,
-                     "-" if hits is None else f"{hits:.0f}", fmt_identical(c, tol)])
+        rows.append([c["name"], fmt_ttft(c["warmup"]["ttft"]), fmt_ttft(q["ttft"]),
+                     fmt_ttft(q["ttft_repeated"]), fmt_ttft(q["ttft_fresh"]),
+                     f"{c['warmup']['round_s']:.2f}", f"{q['round_s']:.2f}",
+                     fmt_ratio(c, base), fmt_ratio(c, example),
+                     "-" if hits is None else f"{hits:.0f}",
+                     fmt_identical(c, "repeated", tol), fmt_identical(c, "fresh", tol)])
     return header, rows
 
 
 def print_table(configs: list[dict[str, Any]], title: str, tol: float) -> None:
-    header, rows = build_rows(configs, tol)
+    print_rows(*build_rows(configs, tol), title)
+
+
+def print_rows(header: list[str], rows: list[list[str]], title: str) -> None:
     if Console is not None:
         table = Table(title=title)
         for h in header:
-            table.add_column(h, justify="left" if h in ("config",) else "right")
+            table.add_column(h, justify="left" if h in TEXT_COLUMNS else "right")
         for r in rows:
             table.add_row(*r)
-        Console(width=200).print(table)
+        Console(width=240).print(table)
         return
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     print(title)
@@ -387,13 +488,81 @@ def print_table(configs: list[dict[str, Any]], title: str, tol: float) -> None:
 
 
 def markdown_table(configs: list[dict[str, Any]], tol: float) -> str:
-    header, rows = build_rows(configs, tol)
+    return markdown_rows(*build_rows(configs, tol))
+
+
+def markdown_rows(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
 
 
+def flush_hook_timings(server: VllmServer, timeout: float) -> None:
+    """Make the connectors write all their hook timings before the server is stopped.
+
+    vLLM 0.32 (CPU) does not call the connectors' shutdown() when its API server
+    gets SIGTERM, and its engine processes end without running atexit, so what
+    a connector recorded after its last periodic dump would be lost. It dumps
+    from its hooks at most every DEFAULT_DUMP_INTERVAL_S: wait that long, then
+    one tiny request (< 1 block: nothing stored or loaded) runs the hooks again.
+    """
+    time.sleep(DEFAULT_DUMP_INTERVAL_S + 0.5)
+    stream_completion(server.port, server.model, SERVER_WARMUP_PROMPT, 2, -1, timeout)
+
+
+def hook_timing_rows(hook_dirs: dict[tuple[str, str], list[Path]]) -> list[dict[str, Any]]:
+    """Per configuration, round kind, role and hook: the pooled durations' summary."""
+    rows = []
+    for (name, phase), dirs in hook_dirs.items():
+        pooled: dict[str, dict[str, list[float]]] = {}
+        for d in dirs:
+            if not d.is_dir():
+                continue
+            for role, per_hook in load_dumps(d).items():
+                for hook, values in per_hook.items():
+                    pooled.setdefault(role, {}).setdefault(hook, []).extend(values)
+        for role in sorted(pooled):
+            for hook in sorted(pooled[role]):
+                if not pooled[role][hook]:
+                    continue
+                rows.append({"config": name, "round": phase, "role": role, "hook": hook,
+                             **summarize_ms(pooled[role][hook])})
+    return rows
+
+
+def print_hook_timings(rows: list[dict[str, Any]]) -> None:
+    print()
+    if not rows:
+        print("hook timings: no files were written (this connector build does not record "
+              f"them, or no configuration uses it): nothing under {HOOK_TIMINGS_ENV}")
+        return
+    header = ["config", "round", "role", "hook", "calls", "p50 (ms)", "p99 (ms)", "max (ms)"]
+    table = [[r["config"], r["round"], r["role"], r["hook"], str(r["n"]),
+              f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}", f"{r['max_ms']:.3f}"] for r in rows]
+    print_rows(header, table, "wall time of each connector hook call (vLLM blocked for it)")
+    print("\nmarkdown:\n" + markdown_rows(header, table))
+
+
 # ------------------------------------------------------------------ main
+
+
+def add_server_args(p: argparse.ArgumentParser) -> None:
+    """The vLLM server options (VllmServer reads them), shared with stall.py."""
+    p.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR,
+                   help="where the 89M model is built (reused if present)")
+    p.add_argument("--max-model-len", type=int, default=4096)
+    p.add_argument("--kv-cache-space", type=int, default=1,
+                   help="VLLM_CPU_KVCACHE_SPACE (GiB)")
+    p.add_argument("--reserved-cpus", type=int, default=1,
+                   help="VLLM_CPU_NUM_OF_RESERVED_CPU for every server, so that all "
+                        "configurations get the same OpenMP compute threads (vLLM would "
+                        "otherwise reserve one more core when a KV connector is set); "
+                        "-1: leave vLLM's per-configuration default")
+    p.add_argument("--vllm-args", default="", help="extra arguments for every vLLM server")
+    p.add_argument("--log-dir", type=Path, default=None,
+                   help="vLLM server logs (default: a new temporary folder, kept)")
+    p.add_argument("--start-timeout", type=float, default=300.0, help="seconds per start")
+    p.add_argument("--request-timeout", type=float, default=600.0)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -408,11 +577,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--doc-tokens", type=int, default=1200,
                    help="tokens per document (BOS included; the question adds ~15)")
     p.add_argument("--max-tokens", type=int, default=8, help="tokens generated per request")
-    p.add_argument("--concurrency", type=int, default=1,
-                   help="requests in flight at once (1: sequential)")
+    p.add_argument("--max-inflight-requests", "--concurrency", type=int, default=1,
+                   dest="max_inflight_requests",
+                   help="requests in flight at once, the next one sent as soon as one "
+                        "finishes (1: sequential)")
+    p.add_argument("--hit-miss-ratio", type=parse_hit_miss, default=None, metavar="H:M",
+                   help="query rounds interleave H warm-up documents (cache hits) with M "
+                        "fresh, never-seen documents (misses): N warm-up documents give "
+                        "ceil(N/H)*M fresh ones per query round; without it every "
+                        "query request repeats a warm-up document")
+    p.add_argument("--hook-timings", action="store_true",
+                   help="set LMCACHE_VALKEY_HOOK_TIMINGS_DIR for every vLLM server (a folder "
+                        "per configuration and round under the log folder) and print the "
+                        "p50 / p99 / max wall time of each connector hook from the files "
+                        "the connector writes")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic documents")
-    p.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR,
-                   help="where the 89M model is built (reused if present)")
     p.add_argument("--prefix-caching", action=argparse.BooleanOptionalAction, default=False,
                    help="vLLM's own (in-memory) prefix caching; off by default so that only "
                         "a KV connector can make the query round faster")
@@ -420,37 +599,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="after every server start, send one short (< 1 block) request "
                         "so one-off first-request costs are not counted in the first "
                         "document's TTFT")
-    p.add_argument("--max-model-len", type=int, default=4096)
-    p.add_argument("--kv-cache-space", type=int, default=1,
-                   help="VLLM_CPU_KVCACHE_SPACE (GiB)")
-    p.add_argument("--reserved-cpus", type=int, default=1,
-                   help="VLLM_CPU_NUM_OF_RESERVED_CPU for every server, so that all "
-                        "configurations get the same OpenMP compute threads (vLLM would "
-                        "otherwise reserve one more core when a KV connector is set); "
-                        "-1: leave vLLM's per-configuration default")
-    p.add_argument("--vllm-args", default="", help="extra arguments for every vLLM server")
+    p.add_argument("--max-num-batched-tokens", type=int, default=None,
+                   help="vLLM's token budget per step, for every configuration (default: "
+                        "max-inflight-requests x max-model-len, so that no prompt is split "
+                        "across steps: vLLM's ExampleConnector stores a chunked prompt's "
+                        "first chunk only and then fails to load it)")
     p.add_argument("--query-rounds", type=int, default=1,
                    help="query rounds per configuration, each after its own restart, taken "
                         "in turns across configurations; TTFT figures cover all of them")
     p.add_argument("--valkey-url", default=None,
                    help="use this Valkey instead of starting an embedded one (its keys are "
                         "not flushed: use a fresh server or key_prefix)")
-    p.add_argument("--log-dir", type=Path, default=None,
-                   help="vLLM server logs (default: a new temporary folder, kept)")
-    p.add_argument("--start-timeout", type=float, default=300.0, help="seconds per start")
-    p.add_argument("--request-timeout", type=float, default=600.0)
+    add_server_args(p)
     p.add_argument("--logprob-tolerance", type=float, default=1e-4,
                    help="max |Δlogprob| still reported as identical")
     p.add_argument("--json", type=Path, default=None, help="write raw figures here")
     args = p.parse_args(argv)
+    if args.max_num_batched_tokens is None:
+        args.max_num_batched_tokens = args.max_inflight_requests * args.max_model_len
     args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     bad = [c for c in args.configs if c not in ALL_CONFIGS]
     if bad or not args.configs:
         p.error(f"--configs: unknown {bad}; choose from {ALL_CONFIGS}")
-    if (args.num_docs < 1 or args.doc_tokens < 8 or args.max_tokens < 1 or args.concurrency < 1
-            or args.query_rounds < 1):
-        p.error("need --num-docs >= 1, --doc-tokens >= 8, --max-tokens >= 1, --concurrency >= 1, "
-                "--query-rounds >= 1")
+    if (args.num_docs < 1 or args.doc_tokens < 8 or args.max_tokens < 1
+            or args.max_inflight_requests < 1 or args.query_rounds < 1):
+        p.error("need --num-docs >= 1, --doc-tokens >= 8, --max-tokens >= 1, "
+                "--max-inflight-requests >= 1, --query-rounds >= 1")
     return args
 
 
@@ -490,14 +664,20 @@ def main(argv: list[str] | None = None) -> int:
 
     from lmcache_valkey.vllm.tiny_llama import load_tokenizer, synthetic_documents
 
-    docs = synthetic_documents(args.num_docs, args.doc_tokens, seed=args.seed,
-                               tokenizer=model_dir)
+    n_fresh = fresh_docs_per_round(args.num_docs, args.hit_miss_ratio)
+    # Warm-up documents first, then each query round's fresh ones (all distinct).
+    docs = synthetic_documents(args.num_docs + args.query_rounds * n_fresh, args.doc_tokens,
+                               seed=args.seed, tokenizer=model_dir)
     prompts = [d + QUESTION for d in docs]
     tok = load_tokenizer(model_dir)
     prompt_tokens = [len(tok.encode(p).ids) for p in prompts]  # BOS included
+    mix = ("" if args.hit_miss_ratio is None else
+           f", query rounds {args.hit_miss_ratio[0]}:{args.hit_miss_ratio[1]} hit:miss "
+           f"({args.num_docs} repeated + {n_fresh} fresh documents each)")
     print(f"workload: {args.num_docs} documents, {min(prompt_tokens)}-{max(prompt_tokens)} "
-          f"prompt tokens each (~{statistics.fmean(prompt_tokens) / 32:.1f} blocks of 32), "
-          f"max_tokens={args.max_tokens}, concurrency={args.concurrency}, "
+          f"prompt tokens each (~{statistics.fmean(prompt_tokens) / 32:.1f} blocks of 32)"
+          f"{mix}, max_tokens={args.max_tokens}, "
+          f"max in-flight requests={args.max_inflight_requests}, "
           f"vLLM prefix caching {'ON' if args.prefix_caching else 'OFF'}")
     print(f"logs: {log_dir}")
 
@@ -534,19 +714,41 @@ def main(argv: list[str] | None = None) -> int:
     # Every configuration's warm-up first, then the query rounds in turns
     # (A, B, C, A, B, C ...), so that a slow minute of a shared machine does
     # not land on one configuration only.
-    schedule = [("warmup", name) for name in servers]
-    schedule += [("query", name) for _ in range(args.query_rounds) for name in servers]
+    schedule = [("warmup", name, -1) for name in servers]
+    schedule += [("query", name, r) for r in range(args.query_rounds) for name in servers]
+    hook_dirs: dict[tuple[str, str], list[Path]] = {}
+    failed: list[dict[str, Any]] = []
     try:
-        for phase, name in schedule:
+        for phase, name, round_index in schedule:
             server, cfg = servers[name], cfgs[name]
-            up = server.start(phase)
+            if "failed" in cfg:
+                continue
+            env = {}
+            if args.hook_timings:
+                where = log_dir / "hook-timings" / f"{name}-{phase}{max(round_index, 0)}"
+                hook_dirs.setdefault((name, phase), []).append(where)
+                env[HOOK_TIMINGS_ENV] = str(where)
+            up = server.start(phase, env)
             print(f"[{name}] vLLM up in {up:.0f} s ({phase} round)", flush=True)
             if args.server_warmup:
                 stream_completion(server.port, server.model, SERVER_WARMUP_PROMPT, 2, -1,
                                   args.request_timeout)
+            plan = ([(doc, True) for doc in range(args.num_docs)] if phase == "warmup" else
+                    query_plan(args.num_docs, args.hit_miss_ratio, round_index))
             before = server.metrics()
-            results, wall = run_round(server, prompts, args, f"{name} {phase}")
+            try:
+                results, wall = run_round(server, prompts, plan, args, f"{name} {phase}")
+            except (OSError, ValueError) as e:  # HTTP errors, resets, bad stream
+                # One configuration failing (e.g. a connector crashing vLLM's worker)
+                # must not cost the figures of the others.
+                cfg["failed"] = f"{phase} round: {e!r} (log {server.log_path})"
+                print(f"[{name}] FAILED in the {phase} round: {e!r}; vLLM log "
+                      f"{server.log_path}:\n{server.log_tail(1500)}", flush=True)
+                server.stop()
+                continue
             after = server.metrics()
+            if args.hook_timings and name.startswith("valkey"):
+                flush_hook_timings(server, args.request_timeout)
             server.stop()
             stats = summarize(results)
             print(f"[{name}] {phase}: TTFT mean {stats['mean']:.3f} s, median "
@@ -567,14 +769,22 @@ def main(argv: list[str] | None = None) -> int:
             cfg.setdefault("ext_hits_per_round", []).append(
                 after.get("vllm:external_prefix_cache_hits_total"))
         for name, cfg in cfgs.items():
+            if "failed" in cfg:
+                failed.append(cfg)
+                continue
             rounds = cfg["query_rounds"]
-            cfg["query"] = {"ttft": summarize([r for rs in queries[name] for r in rs]),
-                            "round_s": statistics.fmean(r["round_s"] for r in rounds)}
+            every = [r for rs in queries[name] for r in rs]
+            cfg["query"] = {"ttft": summarize(every),
+                            "ttft_repeated": summarize([r for r in every if r.repeated]),
+                            "ttft_fresh": summarize([r for r in every if not r.repeated]),
+                            "round_s": statistics.fmean(r["round_s"] for r in rounds),
+                            "round_s_each": [r["round_s"] for r in rounds]}
             cfg["ext_hits"] = cfg["ext_hits_per_round"][-1]
-            if name != "none" and "none" in queries:
-                checks = [compare(queries["none"][0], rs) for rs in queries[name]]
-                cfg["identical_tokens"] = all(same for same, _ in checks)
-                cfg["max_logprob_diff"] = max(diff for _, diff in checks)
+            if name != "none" and "failed" not in cfgs.get("none", {"failed": True}):
+                reference = [r for rs in queries["none"] for r in rs]
+                check = compare(reference, every)
+                cfg["identical"] = {"repeated": check["repeated"], "fresh": check["fresh"]}
+                cfg["max_logprob_diff"] = check["max_logprob_diff"]
             out["configs"].append(cfg)
     except KeyboardInterrupt:
         print("\ninterrupted; stopping servers", file=sys.stderr)
@@ -586,12 +796,21 @@ def main(argv: list[str] | None = None) -> int:
         if valkey_ctx is not None:
             valkey_ctx.__exit__(None, None, None)
 
-    title = (f"long_doc_qa: {args.num_docs} docs x ~{args.doc_tokens} tokens, "
-             f"max_tokens {args.max_tokens}, vLLM restarted before each round, "
-             f"{args.query_rounds} query round(s) per configuration")
+    ratio = ("" if args.hit_miss_ratio is None else
+             f", query {args.hit_miss_ratio[0]}:{args.hit_miss_ratio[1]} hit:miss")
+    title = (f"long_doc_qa: {args.num_docs} docs x ~{args.doc_tokens} tokens{ratio}, "
+             f"{args.max_inflight_requests} in flight, max_tokens {args.max_tokens}, "
+             f"vLLM restarted before each round, {args.query_rounds} query round(s) per "
+             f"configuration")
     print()
     print_table(out["configs"], title, args.logprob_tolerance)
     print("\nmarkdown:\n" + markdown_table(out["configs"], args.logprob_tolerance))
+    for cfg in failed:
+        print(f"\n{cfg['name']}: FAILED in the {cfg['failed']}; not in the table")
+    out["failed"] = failed
+    if args.hook_timings:
+        out["hook_timings"] = hook_timing_rows(hook_dirs)
+        print_hook_timings(out["hook_timings"])
     if args.json is not None:
         args.json.write_text(json.dumps(out, indent=1))
         print(f"\nraw figures: {args.json}")

@@ -64,7 +64,7 @@ from ..config import ClientConfig
 from ..errors import ConfigError, ValkeyError, ValkeyTimeoutError, partial_results
 from ..factory import AnyClient, open_client
 from ..ratelimited_log import RateLimitedLog
-from ..server_stats import glob_escape
+from ..server_stats import PrefixScan
 
 log = logging.getLogger(__name__)
 
@@ -452,14 +452,10 @@ class ValkeyRemoteConnector(RemoteConnector):
 
     def _scan(self, limit: int) -> builtins.list[str]:
         prefix = self._client.config.key_prefix
-        pattern = glob_escape(prefix) + b"*"
         keys: builtins.list[str] = []
-        cursor = "0"
-        while len(keys) < limit:
-            cursor, batch = self._client.scan(cursor, pattern, 1000)
-            for k in batch:
-                keys.append(bytes(k)[len(prefix):].decode("utf-8", "replace"))
-            if cursor == "0":
+        for batch in PrefixScan(self._client, prefix):
+            keys.extend(bytes(k)[len(prefix):].decode("utf-8", "replace") for k in batch)
+            if len(keys) >= limit:
                 break
         return keys[:limit]
 

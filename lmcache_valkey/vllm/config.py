@@ -16,15 +16,25 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from ..config import ClientConfig, Secret
+from ..config import ClientConfig, Secret, integration_client_config
 from ..errors import ConfigError
 
 DEFAULT_KEY_PREFIX = "vllm:kv:"
 DEFAULT_TTL_S = 3600.0
 #: Bumped whenever the stored value layout changes, so old values become misses.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
-_CONNECTOR_OPTIONS = frozenset({"url", "load_failure_policy", "namespace_extra"})
+#: The connector's numeric options -> (default, minimum, what a valid value is).
+_NUMBERS: dict[str, tuple[float, float | None, str]] = {
+    "lookup_wait_ms": (2.0, 0.0, "a number >= 0"),
+    "lookup_timeout_ms": (100.0, 1.0, "a number >= 1"),
+    "staging_bytes": (256 << 20, 1.0, "a number of bytes > 0"),
+    "chunk_bytes": (32 << 20, 1.0, "a number of bytes > 0"),
+    "drain_timeout_s": (10.0, 0.0, "a number >= 0"),
+}
+_STAGING = ("auto", "force")
+_CONNECTOR_OPTIONS = frozenset({"url", "load_failure_policy", "namespace_extra", "staging",
+                                *_NUMBERS})
 _CLIENT_OPTIONS = frozenset(f.name for f in dataclasses.fields(ClientConfig))
 VALID_OPTIONS = _CONNECTOR_OPTIONS | _CLIENT_OPTIONS
 _FAILURE_POLICIES = ("recompute", "fail")
@@ -39,6 +49,12 @@ class ConnectorConfig:
     client_options: Mapping[str, Any]
     load_failure_policy: str = "recompute"
     namespace_extra: str = ""
+    staging: str = "auto"
+    lookup_wait_ms: float = _NUMBERS["lookup_wait_ms"][0]
+    lookup_timeout_ms: float = _NUMBERS["lookup_timeout_ms"][0]
+    staging_bytes: int = int(_NUMBERS["staging_bytes"][0])
+    chunk_bytes: int = int(_NUMBERS["chunk_bytes"][0])
+    drain_timeout_s: float = _NUMBERS["drain_timeout_s"][0]
 
     @classmethod
     def from_extra_config(cls, extra: Mapping[str, Any] | None,
@@ -49,34 +65,28 @@ class ConnectorConfig:
             raise ConfigError(f"ValkeyConnector: unknown kv_connector_extra_config option(s) "
                               f"{sorted(unknown)}; valid options are {sorted(VALID_OPTIONS)}")
         url = extra.pop("url", None)
-        if url is not None and not isinstance(url, str):
-            raise ConfigError(f"ValkeyConnector: url must be a string, not {type(url).__name__}")
         policy = extra.pop("load_failure_policy", "recompute")
         if policy not in _FAILURE_POLICIES:
             raise ConfigError(f"ValkeyConnector: load_failure_policy must be one of "
                               f"{_FAILURE_POLICIES}, not {policy!r}")
         namespace_extra = str(extra.pop("namespace_extra", ""))
-        extra.setdefault("key_prefix", DEFAULT_KEY_PREFIX)
-        extra.setdefault("ttl_s", DEFAULT_TTL_S)
-        if extra["key_prefix"] is None:
-            extra["key_prefix"] = ""
-        if extra.get("ttl_s") == 0:  # 0 = keys never expire
-            extra["ttl_s"] = None
-        if extra.get("password") is not None and not isinstance(extra["password"], Secret):
-            extra["password"] = Secret(str(extra["password"]))
-        try:
-            client_config = ClientConfig.from_options(url or None, env=env, **extra)
-        except ConfigError as e:
-            raise ConfigError(f"ValkeyConnector: {e}") from None
-        if client_config.embedded:
-            raise ConfigError(
-                "ValkeyConnector needs a server: set kv_connector_extra_config.url "
-                "(e.g. valkey://127.0.0.1:6379) or VALKEY_HOST in vLLM's environment. "
-                "Start one with `lmcache-valkey server --port 6379`; every replica "
-                "must name the same server to share KV.")
+        staging = extra.pop("staging", "auto")
+        if staging not in _STAGING:
+            raise ConfigError(f"ValkeyConnector: staging must be one of {_STAGING}, "
+                              f"not {staging!r}")
+        numbers = {name: _number(name, extra.pop(name, default), minimum, need)
+                   for name, (default, minimum, need) in _NUMBERS.items()}
+        for name in ("staging_bytes", "chunk_bytes"):
+            numbers[name] = int(numbers[name])
+        client_config = integration_client_config(
+            "ValkeyConnector", url, extra, key_prefix=DEFAULT_KEY_PREFIX, ttl_s=DEFAULT_TTL_S,
+            env=env, missing_server=(
+                "set kv_connector_extra_config.url (e.g. valkey://127.0.0.1:6379) or "
+                "VALKEY_HOST in vLLM's environment. Start one with `lmcache-valkey server "
+                "--port 6379`; every replica must name the same server to share KV."))
         return cls(client_config=client_config, url=Secret(url) if url else None,
                    client_options=extra, load_failure_policy=policy,
-                   namespace_extra=namespace_extra)
+                   namespace_extra=namespace_extra, staging=staging, **numbers)
 
     def create_client(self) -> Any:
         from ..factory import open_client  # a cluster URL gives a cluster client
@@ -87,7 +97,16 @@ class ConnectorConfig:
         c = self.client_config
         return (f"ConnectorConfig({c.redacted_url()}, key_prefix={c.key_prefix!r}, "
                 f"ttl_s={c.ttl_s}, num_connections={c.num_connections}, "
-                f"load_failure_policy={self.load_failure_policy!r})")
+                f"load_failure_policy={self.load_failure_policy!r}, staging={self.staging!r}, "
+                f"staging_bytes={self.staging_bytes}, lookup_timeout_ms={self.lookup_timeout_ms})")
+
+
+def _number(name: str, value: Any, minimum: float | None, need: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"ValkeyConnector: {name} must be {need}, not {value!r}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"ValkeyConnector: {name} must be {need}, not {value!r}")
+    return value
 
 
 def kv_namespace(fields: Mapping[str, Any]) -> str:

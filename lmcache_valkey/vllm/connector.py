@@ -7,8 +7,9 @@ vLLM creates one instance per role: the scheduler's (lookups, the step plan —
 Keys are ``<key_prefix><namespace>:<rank>:<block hash hex>``. The namespace
 (:func:`.config.kv_namespace`) covers everything that makes KV bytes
 incompatible — model, dtypes, block size, per-layer KV specs, platform, TP/PP
-sizes, the prefix-hash algorithm — and ``rank`` is the worker's TP/PP rank, so
-two deployments never read each other's bytes. The block hash is vLLM's own
+sizes, the prefix-hash algorithm — and ``rank`` names the worker's share of
+the KV (``<tp>.<pp>``; one shared name for KV every rank holds the same
+copy of, see :mod:`.ranks`), so two deployments never read each other's bytes. The block hash is vLLM's own
 chained ``request.block_hashes`` (prompt tokens, cache salt, LoRA and
 multimodal inputs of the whole prefix).
 """
@@ -32,9 +33,12 @@ from vllm.distributed.kv_transfer.kv_connector.v1.metrics import (
 from ..errors import ConfigError
 from .config import ConnectorConfig, hash_seed_is_stable, kv_namespace
 from .metadata import ValkeyConnectorMetadata
-from .scheduler_side import SchedulerSide
+from .namespace import namespace_fields
+from .hook_timing import HookTimer
+from .ranks import Replication
+from .scheduler_side import LookupOptions, SchedulerSide
 from .stats import ValkeyConnectorStats, ValkeyPromMetrics
-from .worker_side import WorkerSide
+from .worker_side import WorkerOptions, WorkerSide
 
 if TYPE_CHECKING:
     import torch
@@ -44,6 +48,7 @@ if TYPE_CHECKING:
     from vllm.v1.core.kv_cache_manager import KVCacheBlocks
     from vllm.v1.core.sched.output import SchedulerOutput
     from vllm.v1.kv_cache_interface import KVCacheConfig
+    from vllm.v1.outputs import KVConnectorOutput
     from vllm.v1.request import Request
 
 # Under "vllm." so that vLLM's own log handler and level apply to our lines.
@@ -51,7 +56,13 @@ log = logging.getLogger("vllm." + __name__)
 
 
 class ValkeyConnector(KVConnectorBase_V1):
-    """Shared, persistent KV cache for vLLM in Valkey (or Redis)."""
+    """Shared, persistent KV cache for vLLM in Valkey (or Redis).
+
+    No hook waits on the network: lookups answer ``None`` ("ask again") while
+    in flight and give up after ``lookup_timeout_ms``; loads are asynchronous
+    (``finished_recving``); saves are copied into a staging pool and sent in
+    the background (see :mod:`.scheduler_side`, :mod:`.worker_side`).
+    """
 
     def __init__(self, vllm_config: VllmConfig, role: KVConnectorRole,
                  kv_cache_config: KVCacheConfig | None = None) -> None:
@@ -61,15 +72,14 @@ class ValkeyConnector(KVConnectorBase_V1):
             raise ConfigError(
                 f"ValkeyConnector stores one KV cache group; this model has "
                 f"{len(kv_cache_config.kv_cache_groups)} (hybrid attention)")
-        self.config = ConnectorConfig.from_extra_config(transfer.kv_connector_extra_config)
+        self.config = cfg = ConnectorConfig.from_extra_config(transfer.kv_connector_extra_config)
         # We are a cache: a block that cannot be loaded is recomputed, not fatal.
-        transfer.kv_load_failure_policy = self.config.load_failure_policy
+        transfer.kv_load_failure_policy = cfg.load_failure_policy
         self._block_size = vllm_config.cache_config.block_size
         fields = namespace_fields(vllm_config, kv_cache_config)
         self.namespace = kv_namespace(fields)
-        rank = _rank(vllm_config) if role == KVConnectorRole.WORKER else "0.0"
-        self._key_base = f"{self.namespace}:{rank}:"
-        self._client = self.config.create_client()
+        replication = Replication.of(vllm_config)
+        self._client = cfg.create_client()
         # Connect in the background: the first lookup/load should not pay for
         # connects, and vLLM's start-up must not wait on (or fail for) Valkey.
         threading.Thread(target=self._connect, name="valkey-connect", daemon=True).start()
@@ -81,12 +91,21 @@ class ValkeyConnector(KVConnectorBase_V1):
                         fields["hash_algo"])
         self._scheduler: SchedulerSide | None = None
         self._worker: WorkerSide | None = None
+        self.hook_timer = HookTimer(role.name.lower())
         if role == KVConnectorRole.SCHEDULER:
-            self._scheduler = SchedulerSide(self._client, self.key_of, self._block_size)
+            self._key_base = f"{self.namespace}:{replication.key_ranks()[0]}:"
+            self._scheduler = SchedulerSide(
+                self._client, [f"{self.namespace}:{r}:" for r in replication.key_ranks()],
+                self._block_size, LookupOptions(cfg.lookup_wait_ms, cfg.lookup_timeout_ms))
         else:
-            self._worker = WorkerSide(self._client, self.key_of)
-        log.info("ValkeyConnector (%s): %r, namespace %s", role.name.lower(), self.config,
-                 self.namespace)
+            tag, writer = replication.key_rank(*_tp_pp_rank())
+            self._key_base = f"{self.namespace}:{tag}:"
+            self._worker = WorkerSide(self._client, self.key_of, WorkerOptions(
+                staging=cfg.staging, staging_bytes=cfg.staging_bytes,
+                chunk_bytes=cfg.chunk_bytes, drain_timeout_s=cfg.drain_timeout_s,
+                is_writer=writer))
+        log.info("ValkeyConnector (%s): %r, namespace %s, keys %s*", role.name.lower(),
+                 self.config, self.namespace, self._key_base)
 
     def _connect(self) -> None:
         try:
@@ -96,7 +115,7 @@ class ValkeyConnector(KVConnectorBase_V1):
                         "KV until it answers): %s", self.config.client_config.endpoint, e)
 
     def key_of(self, block_hash_hex: str) -> str:
-        """Key of a block (the client adds key_prefix)."""
+        """Key of a block for this rank (the client adds key_prefix)."""
         return self._key_base + block_hash_hex
 
     def __repr__(self) -> str:
@@ -107,22 +126,34 @@ class ValkeyConnector(KVConnectorBase_V1):
     def get_num_new_matched_tokens(self, request: Request,
                                    num_computed_tokens: int) -> tuple[int | None, bool]:
         assert self._scheduler is not None
-        return self._scheduler.get_num_new_matched_tokens(request, num_computed_tokens)
+        with self.hook_timer.time("get_num_new_matched_tokens"):
+            return self._scheduler.get_num_new_matched_tokens(request, num_computed_tokens)
 
     def update_state_after_alloc(self, request: Request, blocks: KVCacheBlocks,
                                  num_external_tokens: int) -> None:
         assert self._scheduler is not None
-        self._scheduler.update_state_after_alloc(request, blocks, num_external_tokens)
+        with self.hook_timer.time("update_state_after_alloc"):
+            self._scheduler.update_state_after_alloc(request, blocks, num_external_tokens)
 
     def build_connector_meta(self, scheduler_output: SchedulerOutput) -> KVConnectorMetadata:
         assert self._scheduler is not None
-        return self._scheduler.build_connector_meta(scheduler_output)
+        with self.hook_timer.time("build_connector_meta"):
+            meta = self._scheduler.build_connector_meta(scheduler_output)
+        self.hook_timer.maybe_dump()
+        return meta
+
+    def update_connector_output(self, connector_output: KVConnectorOutput) -> None:
+        assert self._scheduler is not None
+        with self.hook_timer.time("update_connector_output"):
+            self._scheduler.update_connector_output(connector_output)
 
     def request_finished(self, request: Request,
                          block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
-        # Saves finish inside the step that wrote the blocks: nothing to wait for.
+        # Saves copy their blocks out within the step, and vLLM itself keeps
+        # the blocks of a request aborted while loading until finished_recving.
         assert self._scheduler is not None
-        self._scheduler.request_finished(request)
+        with self.hook_timer.time("request_finished"):
+            self._scheduler.request_finished(request)
         return False, None
 
     # -- worker side -------------------------------------------------------
@@ -131,13 +162,20 @@ class ValkeyConnector(KVConnectorBase_V1):
         assert self._worker is not None
         self._worker.register_kv_caches(kv_caches, self._kv_cache_config.num_blocks)
 
+    def handle_preemptions(self, kv_connector_metadata: KVConnectorMetadata) -> None:
+        assert isinstance(kv_connector_metadata, ValkeyConnectorMetadata)
+        if self._worker is not None and kv_connector_metadata.flush_saves:
+            with self.hook_timer.time("handle_preemptions"):
+                self._worker.order_before_reuse()
+
     def start_load_kv(self, forward_context: ForwardContext, **kwargs: Any) -> None:
         meta = self._get_connector_metadata()
         assert isinstance(meta, ValkeyConnectorMetadata) and self._worker is not None
-        self._worker.load(meta.loads)
+        with self.hook_timer.time("start_load_kv"):
+            self._worker.start_loads(meta.loads)
 
     def wait_for_layer_load(self, layer_name: str) -> None:
-        return  # loads complete in start_load_kv, before the first layer runs
+        return  # loads are asynchronous: requests run only after finished_recving
 
     def save_kv_layer(self, layer_name: str, kv_layer: torch.Tensor,
                       attn_metadata: AttentionMetadata, **kwargs: Any) -> None:
@@ -146,12 +184,41 @@ class ValkeyConnector(KVConnectorBase_V1):
     def wait_for_save(self) -> None:
         meta = self._get_connector_metadata()
         assert isinstance(meta, ValkeyConnectorMetadata) and self._worker is not None
-        self._worker.save(meta.saves)
+        with self.hook_timer.time("wait_for_save"):
+            self._worker.start_saves(meta.saves)
+
+    def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, set[str] | None]:
+        assert self._worker is not None
+        with self.hook_timer.time("get_finished"):
+            self._worker.poll_saves()
+            recving = self._worker.poll_loads()
+        self.hook_timer.maybe_dump()
+        return None, recving or None
 
     def get_block_ids_with_load_errors(self) -> set[int]:
         return self._worker.take_load_errors() if self._worker is not None else set()
 
+    # -- sleep mode (vLLM 0.33) ----------------------------------------------
+
+    @classmethod
+    def supports_sleep_mode(cls, kv_transfer_config: Any = None) -> bool:
+        """Yes. Sleeping unmaps the KV cache's memory and wake-up maps it back
+        at the same addresses: the transfers touching it end first
+        (``unregister_kv_caches``), and what is stored in Valkey stays valid."""
+        return True
+
+    def unregister_kv_caches(self) -> None:
+        if self._worker is not None:
+            self._worker.suspend()
+
+    def restore_kv_caches(self) -> None:
+        if self._worker is not None:
+            self._worker.resume()
+
     def shutdown(self) -> None:
+        if self._worker is not None:
+            self._worker.drain(self.config.drain_timeout_s)
+        self.hook_timer.dump()
         self._client.close()
 
     # -- stats (vLLM's log line and /metrics) --------------------------------
@@ -172,37 +239,10 @@ class ValkeyConnector(KVConnectorBase_V1):
         return ValkeyPromMetrics(vllm_config, metric_types, labelnames, per_engine_labelvalues)
 
 
-def namespace_fields(vllm_config: VllmConfig, kv_cache_config: KVCacheConfig | None
-                     ) -> dict[str, Any]:
-    """Everything that makes stored KV bytes incompatible between deployments."""
-    from vllm.platforms import current_platform
-
-    model = vllm_config.model_config
-    cache = vllm_config.cache_config
-    par = vllm_config.parallel_config
-    groups = []
-    layout = None
-    if kv_cache_config is not None:
-        groups = [repr(g.kv_cache_spec) for g in kv_cache_config.kv_cache_groups]
-        layout = getattr(kv_cache_config, "kv_cache_layout", None)
-    return {
-        "model": model.model, "revision": model.revision, "dtype": str(model.dtype),
-        "quantization": model.quantization, "kv_cache_dtype": cache.cache_dtype,
-        "block_size": cache.block_size, "kv_groups": groups, "kv_layout": str(layout),
-        "platform": current_platform.device_type,
-        "attention_backend": str(getattr(getattr(vllm_config, "attention_config", None),
-                                         "backend", None)),
-        "tp": par.tensor_parallel_size, "pp": par.pipeline_parallel_size,
-        "hash_algo": str(cache.prefix_caching_hash_algo),
-        "extra": vllm_config.kv_transfer_config.kv_connector_extra_config.get(
-            "namespace_extra", ""),
-    }
-
-
-def _rank(vllm_config: VllmConfig) -> str:
+def _tp_pp_rank() -> tuple[int, int]:
     from vllm.distributed.parallel_state import get_pp_group, get_tensor_model_parallel_rank
 
     try:
-        return f"{get_tensor_model_parallel_rank()}.{get_pp_group().rank_in_group}"
+        return get_tensor_model_parallel_rank(), get_pp_group().rank_in_group
     except Exception:  # parallel state not initialised (single process tests)
-        return "0.0"
+        return 0, 0

@@ -21,3 +21,6 @@ class BlockTransfer:
 class ValkeyConnectorMetadata(KVConnectorMetadata):
     loads: list[BlockTransfer] = dataclasses.field(default_factory=list)
     saves: list[BlockTransfer] = dataclasses.field(default_factory=list)
+    #: Blocks were freed since the last step: staged saves still copying from
+    #: them must finish before this step's compute may overwrite them.
+    flush_saves: bool = False

@@ -1,21 +1,31 @@
 """The scheduler half of the ValkeyConnector: lookups and the per-step plan.
 
 The scheduler asks, for each new (or preempted and resumed) request, how many
-prompt tokens beyond its local prefix cache can be loaded. We answer with one
-pipelined batch of ``PEXPIRE`` (with a TTL; ``EXISTS`` without) over the
-prompt's full blocks — a hit's TTL is renewed so it cannot expire before the
-load — and count the consecutive hits after the local prefix. The last
-prompt token is never loaded: vLLM must compute at least one token.
+prompt tokens beyond its local prefix cache can be loaded. We answer from
+one pipelined batch of ``PEXPIRE`` (with a TTL; ``EXISTS`` without) over the
+prompt's full blocks, for the keys of **every** rank (a block counts as
+present only if all ranks have it, and every rank's TTL is renewed by the
+same round trip, so no rank's keys expire while the prefix is in use). The
+last prompt token is never loaded: vLLM must compute at least one token.
 
-Each step's metadata then lists the loads decided since the last step and
-the saves due: every full prompt block that this step finishes computing and
-that the lookup did not find in Valkey. Saves are done by the workers before
-the step ends (``wait_for_save``), so no block can be freed and reused while
-its bytes are being sent.
+The lookup never holds up the scheduler: it is submitted, waited for at most
+``lookup_wait_ms`` per step in all (a healthy server answers within that),
+and otherwise answered ``None`` — vLLM asks again next step — until
+``lookup_timeout_ms`` have passed, when the request is served cold. While a
+lookup abandoned that way is still outstanding (a stalled server), new
+requests are served cold at once instead of queueing behind it.
+
+A hit is loaded asynchronously (``load_async=True``): the request waits in
+vLLM's ``WAITING_FOR_REMOTE_KVS`` while the workers receive, and each step's
+metadata carries the loads decided since the last step. Saves: every full
+prompt block that a step finishes computing and that the lookup did not find.
+A block that failed to load is no longer believed present, so it is saved
+again once recomputed.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import logging
 import time
@@ -29,6 +39,7 @@ from .stats import StatsRecorder
 if TYPE_CHECKING:
     from vllm.v1.core.kv_cache_manager import KVCacheBlocks
     from vllm.v1.core.sched.output import SchedulerOutput
+    from vllm.v1.outputs import KVConnectorOutput
     from vllm.v1.request import Request
 
 # Under "vllm." so that vLLM's own log handler and level apply to our lines.
@@ -39,22 +50,42 @@ _LATENCY_WINDOW = 1024
 _SUMMARY_EVERY_S = 60.0
 
 
+@dataclasses.dataclass(frozen=True)
+class LookupOptions:
+    wait_ms: float = 2.0       # per step, all lookups together: wait inline this long at most
+    timeout_ms: float = 100.0  # no answer by then: a miss, served cold
+
+
+@dataclasses.dataclass
+class _Lookup:
+    future: concurrent.futures.Future[Any]
+    n_check: int
+    started: float
+    deadline: float
+
+
 @dataclasses.dataclass
 class _Request:
     request: Request
     present: set[int] = dataclasses.field(default_factory=set)  # block indices found in Valkey
     block_ids: list[int] = dataclasses.field(default_factory=list)
     saved_upto: int = 0               # blocks below this are stored, found, or queued to save
+    lookup: _Lookup | None = None
     pending_load: tuple[int, int] | None = None   # (first block, count) offered to vLLM
-    load: BlockTransfer | None = None  # decided, not yet handed to the workers
+    loading: dict[int, int] = dataclasses.field(default_factory=dict)  # block id -> index
 
 
 class SchedulerSide:
-    def __init__(self, client: Any, key_of: Any, block_size: int) -> None:
+    def __init__(self, client: Any, rank_key_bases: list[str], block_size: int,
+                 options: LookupOptions | None = None) -> None:
         self._client = client
-        self._key_of = key_of          # hash hex -> key (without the client's prefix)
+        self._bases = rank_key_bases   # one key base per rank whose keys a block needs
         self._block_size = block_size
+        self.options = options or LookupOptions()
         self._reqs: dict[str, _Request] = {}
+        self._loads: list[BlockTransfer] = []      # decided, not yet handed to the workers
+        self._abandoned: list[concurrent.futures.Future[Any]] = []
+        self._wait_left_s = self.options.wait_ms / 1e3
         self._log = RateLimitedLog(log)
         self.lookup_latencies_s: list[float] = []
         self.lookups = 0
@@ -65,41 +96,82 @@ class SchedulerSide:
     # -- lookup ------------------------------------------------------------
 
     def get_num_new_matched_tokens(self, request: Request, num_computed_tokens: int
-                                   ) -> tuple[int, bool]:
+                                   ) -> tuple[int | None, bool]:
         st = self._reqs.get(request.request_id)
         if st is None:
             st = self._reqs[request.request_id] = _Request(request)
         st.pending_load = None
         bs = self._block_size
-        n_check = min((request.num_prompt_tokens - 1) // bs, len(request.block_hashes))
         first = num_computed_tokens // bs
-        if n_check <= first:
+        n_check = min((request.num_prompt_tokens - 1) // bs, len(request.block_hashes))
+        if n_check <= first:      # vLLM's own prefix cache has it all (by now)
+            st.lookup = None
             return 0, False
+        if st.lookup is None:
+            if self._server_stalled():
+                self.stats.add(lookup_skipped=1)
+                return 0, False
+            st.lookup = self._submit_lookup(request, n_check)
+        lk = st.lookup
+        if not lk.future.done() and self._wait_left_s > 0:
+            t0 = time.perf_counter()
+            concurrent.futures.wait([lk.future], timeout=min(
+                self._wait_left_s, max(0.0, lk.deadline - time.monotonic())))
+            self._wait_left_s -= time.perf_counter() - t0
+        if not lk.future.done():
+            if time.monotonic() < lk.deadline:
+                return None, False                     # ask again next step
+            st.lookup = None
+            self._abandoned.append(lk.future)
+            self.stats.add(lookup_timeouts=1)
+            self._log.warning("lookup-timeout", "ValkeyConnector: no lookup answer within "
+                              "%.0f ms: serving without external KV until the server answers",
+                              self.options.timeout_ms)
+            return 0, False
+        st.lookup = None
+        return self._answer(st, lk, first)
+
+    def _submit_lookup(self, request: Request, n_check: int) -> _Lookup:
         hashes = [h.hex() for h in request.block_hashes[:n_check]]
-        t0 = time.perf_counter()
+        keys = [base + h for base in self._bases for h in hashes]
+        now = time.monotonic()
         try:
-            found = self._client.batch_exists([self._key_of(h) for h in hashes], refresh_ttl=True)
+            fut = self._client.submit_batch_exists(keys, refresh_ttl=True)
+        except Exception as e:  # closed client: a failed lookup
+            fut = concurrent.futures.Future()
+            fut.set_exception(e)
+        return _Lookup(fut, n_check, time.perf_counter(), now + self.options.timeout_ms / 1e3)
+
+    def _server_stalled(self) -> bool:
+        self._abandoned = [f for f in self._abandoned if not f.done()]
+        return bool(self._abandoned)
+
+    def _answer(self, st: _Request, lk: _Lookup, first: int) -> tuple[int, bool]:
+        n_keys = lk.n_check * len(self._bases)
+        try:
+            found = list(lk.future.result())
         except Exception as e:  # unreachable server: serve cold
             # With a cluster, the keys on the nodes that answered still count
             # (`partial`); a single server that is down has none.
-            found = partial_results(e, len(hashes))
-            self._log.warning("lookup", "ValkeyConnector: lookup failed (%d of %d blocks "
+            found = partial_results(e, n_keys)
+            self._log.warning("lookup", "ValkeyConnector: lookup failed (%d of %d keys "
                               "found on the nodes that answered), serving the rest "
                               "without external KV: %s",
-                              sum(hit is True for hit in found), len(hashes), e)
+                              sum(hit is True for hit in found), n_keys, e)
             self.stats.add(lookup_failures=1)
-            if not any(hit is True for hit in found):
-                return 0, False
-        self._record_latency(time.perf_counter() - t0)
-        st.present = {i for i, hit in enumerate(found) if hit is True}
+        self._record_latency(time.perf_counter() - lk.started)
+        per_rank = [found[r * lk.n_check:(r + 1) * lk.n_check] for r in range(len(self._bases))]
+        st.present = {i for i in range(lk.n_check) if all(hits[i] is True for hits in per_rank)}
+        bs = self._block_size
         n = 0
-        while first + n < n_check and (first + n) in st.present:
+        while first + n < lk.n_check and (first + n) in st.present:
             n += 1
         if n:
             st.pending_load = (first, n)
             self.hit_tokens += n * bs
-        self.stats.add(lookups=1, lookup_blocks=n_check - first, hit_blocks=n, hit_tokens=n * bs)
-        return n * bs, False
+        self.stats.add(lookups=1, lookup_blocks=max(0, lk.n_check - first), hit_blocks=n,
+                       hit_tokens=n * bs)
+        return n * bs, n > 0
 
     def _record_latency(self, dt: float) -> None:
         self.lookups += 1
@@ -125,14 +197,20 @@ class SchedulerSide:
         first, n = st.pending_load
         st.pending_load = None
         n = min(n, num_external_tokens // self._block_size)
-        ids = blocks.get_block_ids()[0]
+        ids = list(blocks.get_block_ids()[0][first:first + n])
         hashes = [h.hex() for h in st.request.block_hashes[first:first + n]]
-        st.load = BlockTransfer(request.request_id, hashes, list(ids[first:first + n]))
+        self._loads.append(BlockTransfer(request.request_id, hashes, ids))
+        st.loading = {b: first + i for i, b in enumerate(ids)}
         # Loaded blocks are in Valkey already: never save them back.
         st.saved_upto = max(st.saved_upto, first + n)
 
     def build_connector_meta(self, so: SchedulerOutput) -> ValkeyConnectorMetadata:
-        meta = ValkeyConnectorMetadata()
+        self._wait_left_s = self.options.wait_ms / 1e3  # the next step's inline budget
+        meta = ValkeyConnectorMetadata(loads=self._loads)
+        self._loads = []
+        # Blocks freed since the last step may be reused by this step's
+        # compute: staged saves still copying them must finish first.
+        meta.flush_saves = bool(so.finished_req_ids) or bool(so.preempted_req_ids)
         for new in so.scheduled_new_reqs:
             st = self._reqs.get(new.req_id)
             if st is None:
@@ -153,9 +231,7 @@ class SchedulerSide:
         return meta
 
     def _plan(self, st: _Request, meta: ValkeyConnectorMetadata, done_tokens: int) -> None:
-        if st.load is not None:
-            meta.loads.append(st.load)
-            st.load = None
+        st.loading = {}
         req = st.request
         n_full = min(done_tokens, req.num_prompt_tokens) // self._block_size
         n_full = min(n_full, len(req.block_hashes), len(st.block_ids))
@@ -165,6 +241,18 @@ class SchedulerSide:
                                             [req.block_hashes[i].hex() for i in todo],
                                             [st.block_ids[i] for i in todo]))
         st.saved_upto = max(st.saved_upto, n_full)
+
+    def update_connector_output(self, output: KVConnectorOutput) -> None:
+        """Blocks the workers could not load are not in Valkey after all:
+        forget them, so they are saved again once vLLM has recomputed them."""
+        bad = output.invalid_block_ids
+        if not bad:
+            return
+        for st in self._reqs.values():
+            for block_id, idx in st.loading.items():
+                if block_id in bad:
+                    st.present.discard(idx)
+                    st.saved_upto = min(st.saved_upto, idx)
 
     def request_finished(self, request: Request) -> None:
         self._reqs.pop(request.request_id, None)

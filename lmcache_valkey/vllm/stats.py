@@ -27,6 +27,9 @@ FIELDS = {
                   "local prefix).",
     "hit_tokens": "Prompt tokens offered for loading.",
     "lookup_failures": "Lookups that failed (server unreachable): served cold.",
+    "lookup_timeouts": "Lookups not answered within lookup_timeout_ms: served cold.",
+    "lookup_skipped": "Lookups not sent while an abandoned one was outstanding (a stalled "
+                      "server): served cold.",
     "loaded_blocks": "Blocks loaded into the KV cache.",
     "load_error_blocks": "Blocks that could not be loaded (missing, short or failed): "
                          "reported to vLLM, which recomputes them.",
@@ -36,6 +39,8 @@ FIELDS = {
     "save_error_blocks": "Blocks not stored.",
     "saved_bytes": "Bytes stored.",
     "save_failures": "Save batches that failed (connection or timeout).",
+    "save_dropped_blocks": "Blocks not saved because the staging pool was full (the bound "
+                           "on the save backlog, staging_bytes).",
 }
 
 
@@ -73,6 +78,8 @@ class ValkeyConnectorStats(KVConnectorStats):
             "saved_blocks": d["saved_blocks"],
             "save_error_blocks": d["save_error_blocks"],
             "saved_MiB": round(d["saved_bytes"] / 2**20, 1),
+            "save_dropped_blocks": d["save_dropped_blocks"],
+            "lookup_timeouts": d["lookup_timeouts"] + d["lookup_skipped"],
             "failed_batches": d["lookup_failures"] + d["load_failures"] + d["save_failures"],
         }
 

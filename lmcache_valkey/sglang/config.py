@@ -1,0 +1,76 @@
+"""The Valkey options of ``--hicache-storage-backend-extra-config``.
+
+Everything a user can put next to ``backend_name``/``module_path``/
+``class_name`` is parsed here, once, with errors that name the option: a
+misspelt option must fail the launch, not silently run with defaults. With
+no ``url`` (nor ``host``/``unix_path``), the server comes from
+``VALKEY_HOST``/``VALKEY_PORT``/``VALKEY_DB``/``VALKEY_PASSWORD`` (and
+``VALKEY_USERNAME``), the variables SGLang's upstream Valkey proposal used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from ..config import ClientConfig, integration_client_config
+from ..errors import ConfigError
+from ..factory import AnyClient, open_client
+from ..server_stats import DEFAULT_SCAN_LIMIT
+
+DEFAULT_KEY_PREFIX = "hicache:"
+DEFAULT_TTL_S = 3600.0
+
+#: Keys SGLang itself reads from the same JSON object (the loader, the
+#: controller, the prefetch knobs); they are not ours to refuse.
+SGLANG_KEYS = frozenset({
+    "backend_name", "module_path", "class_name", "interface_v1", "tp_lcm_size",
+    "prefetch_threshold", "prefetch_timeout_base", "prefetch_timeout_per_ki_token",
+    "hicache_storage_pass_prefix_keys",
+})
+_BACKEND_OPTIONS = frozenset({"url", "scan_limit"})
+_CLIENT_OPTIONS = frozenset(f.name for f in dataclasses.fields(ClientConfig))
+VALID_OPTIONS = _BACKEND_OPTIONS | _CLIENT_OPTIONS
+
+
+@dataclasses.dataclass(frozen=True)
+class HiCacheValkeyConfig:
+    """Validated options: a client config plus the backend's own."""
+
+    client_config: ClientConfig
+    scan_limit: int = DEFAULT_SCAN_LIMIT
+
+    @classmethod
+    def from_extra_config(cls, extra: Mapping[str, Any] | None,
+                          env: Mapping[str, str] | None = None) -> HiCacheValkeyConfig:
+        if extra is not None and not isinstance(extra, Mapping):
+            raise ConfigError(f"ValkeyHiCacheStorage: the extra config must be a JSON object, "
+                              f"not {type(extra).__name__}")
+        options = {k: v for k, v in (extra or {}).items() if k not in SGLANG_KEYS}
+        unknown = set(options) - VALID_OPTIONS
+        if unknown:
+            raise ConfigError(f"ValkeyHiCacheStorage: unknown option(s) {sorted(unknown)} in "
+                              f"--hicache-storage-backend-extra-config; valid options are "
+                              f"{sorted(VALID_OPTIONS)}")
+        url = options.pop("url", None)
+        scan_limit = options.pop("scan_limit", DEFAULT_SCAN_LIMIT)
+        if isinstance(scan_limit, bool) or not isinstance(scan_limit, int) or scan_limit < 1:
+            raise ConfigError(f"ValkeyHiCacheStorage: scan_limit must be an integer >= 1, "
+                              f"not {scan_limit!r}")
+        client_config = integration_client_config(
+            "ValkeyHiCacheStorage", url, options, key_prefix=DEFAULT_KEY_PREFIX,
+            ttl_s=DEFAULT_TTL_S, env=env, missing_server=(
+                "set \"url\" in --hicache-storage-backend-extra-config (e.g. "
+                "valkey://10.0.0.5:6379) or VALKEY_HOST in SGLang's environment; every "
+                "instance must name the same server to share KV pages."))
+        return cls(client_config=client_config, scan_limit=scan_limit)
+
+    def create_client(self) -> AnyClient:
+        """A ValkeyClient, or a cluster client for a cluster URL / cluster=true."""
+        return open_client(config=self.client_config)
+
+    def __repr__(self) -> str:  # no secrets
+        c = self.client_config
+        return (f"HiCacheValkeyConfig({c.redacted_url()}, key_prefix={c.key_prefix!r}, "
+                f"ttl_s={c.ttl_s}, num_connections={c.num_connections})")
