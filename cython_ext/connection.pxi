@@ -39,6 +39,15 @@ cdef class RespConnection(_Engine):
         """Longest wait without progress, in seconds (<= 0: wait forever)."""
         self._set_timeout(timeout_s)
 
+    def set_max_inflight_bytes(self, size_t max_inflight_bytes, size_t set_bytes=0):
+        """GET reply bytes to request ahead, and SET value bytes to send
+        ahead of their replies (`set_bytes`, 0: the same); between batches.
+        At least one command always goes, however large its value."""
+        if max_inflight_bytes < 1:
+            raise ValueError("max_inflight_bytes must be >= 1")
+        self.max_inflight_bytes = max_inflight_bytes
+        self.max_inflight_set_bytes = set_bytes or max_inflight_bytes
+
     def abort(self):
         """Wake and fail a batch running in another thread (shutdown, no
         close: the fd stays valid until its owner closes it)."""

@@ -1,7 +1,8 @@
 # System interfaces the hot loop calls without the GIL.
 #
 # Only what the engine needs: vectored send/receive, poll for timeouts,
-# shutdown to wake a blocked worker from another thread.
+# SO_RCVTIMEO for the one blocking receive (a large body with nothing left to
+# send), shutdown to wake a blocked worker from another thread.
 
 from libc.errno cimport errno, EINTR, EAGAIN
 
@@ -30,10 +31,27 @@ cdef extern from "<sys/socket.h>" nogil:
         int msg_flags
     ssize_t sendmsg(int fd, const msghdr *msg, int flags)
     ssize_t recv(int fd, void *buf, size_t n, int flags)
+    ssize_t recvmsg(int fd, msghdr *msg, int flags)
+    int setsockopt(int fd, int level, int optname, const void *optval, unsigned int optlen)
+    int SOL_SOCKET
+    int SO_RCVTIMEO
+    int MSG_WAITALL
     int shutdown(int fd, int how)
     int SHUT_RDWR
     int MSG_NOSIGNAL
     int MSG_DONTWAIT
+
+
+cdef extern from "<fcntl.h>" nogil:
+    int fcntl(int fd, int cmd, ...)
+    int F_GETFL
+    int O_NONBLOCK
+
+
+cdef extern from "<sys/time.h>" nogil:
+    struct timeval:
+        long tv_sec
+        long tv_usec
 
 
 cdef extern from "<poll.h>" nogil:

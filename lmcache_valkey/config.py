@@ -74,7 +74,9 @@ class ClientConfig:
     connect_timeout_s: float = 5.0
     op_timeout_s: float = 30.0
     max_bulk_len: int = 512 * 1024 * 1024
-    max_inflight_bytes: int = 64 * 1024 * 1024
+    # GET reply bytes requested ahead per connection; None: chosen per server
+    # at connect (64 MiB on Valkey 9+, 256 KiB elsewhere: server_profile.py).
+    max_inflight_bytes: int | None = None
     socket_buffer_bytes: int | None = None
     reconnect_backoff_s: float = 0.05
     reconnect_backoff_max_s: float = 2.0
@@ -140,7 +142,8 @@ class ClientConfig:
             raise ConfigError(f"port must be 1..65535, not {self.port}")
         if self.db < 0:
             raise ConfigError("db must be >= 0")
-        if self.max_bulk_len < 1 or self.max_inflight_bytes < 1:
+        if self.max_bulk_len < 1 or (self.max_inflight_bytes is not None
+                                     and self.max_inflight_bytes < 1):
             raise ConfigError("max_bulk_len and max_inflight_bytes must be >= 1")
         if self.host and self.unix_path:
             raise ConfigError("give either a host or a unix socket path, not both")

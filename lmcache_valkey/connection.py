@@ -19,6 +19,7 @@ from typing import Any
 from ._native import RespConnection
 from .config import ClientConfig
 from .errors import AuthenticationError, ServerReplyError, TlsError, ValkeyConnectionError
+from .server_profile import ServerProfile, probe
 from .tls_transport import TlsRespConnection, tls_reason
 
 
@@ -26,12 +27,15 @@ class Connection:
     """A connected, authenticated socket and its engine (RespConnection, or
     TlsRespConnection over TLS)."""
 
-    __slots__ = ("sock", "native", "endpoint", "_poll")
+    __slots__ = ("sock", "native", "endpoint", "profile", "inflight_bytes", "_poll")
 
-    def __init__(self, sock: socket.socket, native: Any, endpoint: str) -> None:
+    def __init__(self, sock: socket.socket, native: Any, endpoint: str,
+                 profile: ServerProfile, inflight_bytes: int) -> None:
         self.sock = sock
         self.native = native
         self.endpoint = endpoint
+        self.profile = profile                # what INFO server said (server_profile.py)
+        self.inflight_bytes = inflight_bytes  # GET reply bytes requested ahead
         self._poll = select.poll()
         self._poll.register(sock.fileno(), select.POLLIN)
 
@@ -79,7 +83,10 @@ def _connect_socket(config: ClientConfig) -> socket.socket:
     if config.socket_buffer_bytes:
         for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             sock.setsockopt(socket.SOL_SOCKET, opt, config.socket_buffer_bytes)
-    sock.setblocking(False)
+    # A blocking fd: the engine's calls are non-blocking (MSG_DONTWAIT) except
+    # the one that waits for the rest of a large body (engine.pxi), bounded by
+    # SO_RCVTIMEO. TLS sets its own mode in _wrap_tls.
+    sock.settimeout(None)
     return sock
 
 
@@ -121,7 +128,10 @@ def _wrap_tls(sock: socket.socket, config: ClientConfig) -> ssl.SSLSocket:
             f"{config.endpoint}: TLS handshake failed: {e.strerror or e}") from None
 
 
-def _handshake(native: Any, config: ClientConfig) -> None:
+def _handshake(native: Any, config: ClientConfig, profile: ServerProfile | None
+               ) -> ServerProfile:
+    """AUTH, SELECT, and what the server is (``INFO server``, unless the
+    caller learned it on an earlier connection)."""
     if config.password is not None:
         args = ["AUTH", config.username, config.password.get()] if config.username \
             else ["AUTH", config.password.get()]
@@ -134,7 +144,10 @@ def _handshake(native: Any, config: ClientConfig) -> None:
         raise AuthenticationError(f"{config.endpoint}: a username needs a password")
     if config.db:
         native.execute("SELECT", config.db)
-    elif config.tls and config.password is None:
+    if profile is None:
+        # One round trip; with TLS it is also the first read below.
+        return probe(native)
+    if config.tls and config.password is None and not config.db:
         # TLS 1.3 finishes the client's side of the handshake before the
         # server has checked our certificate: a refused client certificate
         # shows only on the first read. Read once now, so that it is a
@@ -142,22 +155,27 @@ def _handshake(native: Any, config: ClientConfig) -> None:
         # included: that one is reported per key, as without TLS).
         with contextlib.suppress(ServerReplyError):
             native.execute("PING")
+    return profile
 
 
-def open_connection(config: ClientConfig) -> Connection:
-    """Connect (and with TLS, handshake), authenticate and select the
-    database, within the timeouts."""
+def open_connection(config: ClientConfig, profile: ServerProfile | None = None) -> Connection:
+    """Connect (and with TLS, handshake), authenticate, select the database
+    and learn the server (unless `profile` says it already), within the
+    timeouts; set the GET depth for that server unless max_inflight_bytes
+    fixes it."""
     sock = _connect_socket(config)
     limits = dict(timeout_s=config.connect_timeout_s,  # the handshake is part of connecting
-                  max_bulk_len=config.max_bulk_len,
-                  max_inflight_bytes=config.max_inflight_bytes)
+                  max_bulk_len=config.max_bulk_len)
     try:
         if config.tls:
             sock = _wrap_tls(sock, config)
             native: Any = TlsRespConnection(sock, config.endpoint, **limits)
         else:
             native = RespConnection(sock.fileno(), config.endpoint, **limits)
-        _handshake(native, config)
+        profile = _handshake(native, config, profile)
+        inflight = config.max_inflight_bytes or profile.inflight_bytes()
+        native.set_max_inflight_bytes(
+            inflight, config.max_inflight_bytes or profile.set_inflight_bytes())
         native.set_timeout(config.op_timeout_s)
     except BaseException as e:
         sock.close()
@@ -169,7 +187,7 @@ def open_connection(config: ClientConfig) -> Connection:
             raise TlsError(f"{config.endpoint}: TLS: the server closed the connection right "
                            f"after the handshake{hint}") from None
         raise
-    return Connection(sock, native, config.endpoint)
+    return Connection(sock, native, config.endpoint, profile, inflight)
 
 
 def _closed_by_server(e: BaseException) -> bool:

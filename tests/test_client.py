@@ -1,5 +1,9 @@
 """The client contract against a real Valkey: exact bytes, misses, sizes,
-per-key errors, prefixes, TTLs, buffers of every kind, futures and asyncio."""
+per-key errors, prefixes, TTLs, buffers of every kind, futures and asyncio.
+
+Every test here runs against each server of conftest.CONTRACT_SERVERS
+(Valkey 9.1, Valkey 8.1, Redis 7): `server` is overridden below, so the
+shared `client` and `raw` fixtures talk to each in turn."""
 
 from __future__ import annotations
 
@@ -13,6 +17,11 @@ from lmcache_valkey import BatchResult, CompletionQueue, ConfigError, ValkeyClie
 from lmcache_valkey.errors import ClientClosedError
 
 SIZES = [0, 1, 4096, 4 << 20, (7 << 20) + 3]
+
+
+@pytest.fixture
+def server(contract_server):
+    return contract_server
 
 
 def payload(size: int, seed: int = 0) -> np.ndarray:
@@ -277,3 +286,30 @@ def test_connect_opens_every_connection_up_front(server, raw) -> None:
         c.close()
     with pytest.raises(ClientClosedError):
         c.connect()
+
+
+def test_get_depth_is_chosen_per_server_and_shown(server, server_kind, make_client,
+                                                   prefix) -> None:
+    """Valkey 9 writes large replies from the value: deep GET pipelines.
+    Valkey 8 and Redis copy them into output buffers: about one large reply
+    in flight (server_profile.py). repr and stats() say which was chosen, and
+    the max_inflight_bytes option overrides it."""
+    c = make_client(server.url, key_prefix=prefix)
+    assert c.ping()
+    expected = 64 << 20 if server_kind == "valkey9" else 256 << 10
+    name = "redis" if server_kind == "redis7" else "valkey"
+    snap = c.stats()
+    assert snap.get_inflight_bytes == expected
+    assert snap.server.startswith(f"{name} {server_kind[-1]}.")
+    assert f"get_inflight_bytes={expected}" in repr(c) and snap.server in repr(c)
+    assert "GET replies in flight per connection" in str(snap)
+    fixed = make_client(server.url, key_prefix=prefix, max_inflight_bytes=3 << 20)
+    assert fixed.ping() and fixed.stats().get_inflight_bytes == 3 << 20
+    # Any depth moves the same bytes: values larger than the budget, mixed sizes.
+    values = [payload(s, seed=s) for s in (5 << 20, 10, 70_000, (2 << 20) + 1)]
+    keys = [f"d{i}" for i in range(len(values))]
+    assert fixed.batch_set(keys, values) == [True] * len(values)
+    for cl in (c, fixed):
+        dests = [np.zeros(v.size, np.uint8) for v in values]
+        assert cl.batch_get_into(keys, dests) == [v.size for v in values]
+        assert all(bytes(d) == v.tobytes() for d, v in zip(dests, values))

@@ -82,16 +82,19 @@ class FakeServer(threading.Thread):
         self.listener.close()
 
 
-@pytest.fixture
-def connect() -> Iterator[Callable[..., tuple[RespConnection, str, FakeServer]]]:
-    """connect(script, **RespConnection options) -> (connection, its label, server)."""
+@pytest.fixture(params=["blocking-fd", "non-blocking-fd"])
+def connect(request) -> Iterator[Callable[..., tuple[RespConnection, str, FakeServer]]]:
+    """connect(script, **RespConnection options) -> (connection, its label, server).
+    Both fd modes: on a blocking fd (what open_connection gives) a body with
+    nothing left to send is received with one blocking recvmsg bounded by
+    SO_RCVTIMEO; on a non-blocking one, by poll() and non-blocking calls."""
     opened: list[tuple[FakeServer, socket.socket]] = []
 
     def make(script: Script, **options) -> tuple[RespConnection, str, FakeServer]:
         server = FakeServer(script)
         server.start()
         sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
-        sock.setblocking(False)  # RespConnection needs a non-blocking fd
+        sock.setblocking(request.param == "blocking-fd")
         opened.append((server, sock))
         label = f"fake-valkey@127.0.0.1:{server.port}"
         conn = RespConnection(sock.fileno(), label, **{"timeout_s": 5.0, **options})
@@ -136,6 +139,10 @@ FAULTS = {
         (("max_bulk_len", 1 << 20),)),
     "disconnect-mid-body": Fault(
         b"$10\r\nhel", True, ValkeyConnectionError, "connection closed by the server mid-value"),
+    # Silent in the middle of a value: the blocking body receive times out too.
+    "stalls-mid-body": Fault(
+        b"$10\r\nhel", False, ValkeyTimeoutError, "timed out waiting for the server",
+        (("timeout_s", 0.5),)),
     "body-without-crlf": Fault(b"$5\r\nhelloXY", False, ProtocolError, "not terminated by CRLF"),
     "never-answers": Fault(
         b"", False, ValkeyTimeoutError, "timed out waiting for the server", (("timeout_s", 0.5),)),

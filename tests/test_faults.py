@@ -41,8 +41,8 @@ def test_server_down_is_a_clear_error_naming_host_port_within_connect_timeout(ma
 
 
 @pytest.mark.timeout(60)
-def test_server_killed_mid_batch_then_restarted(make_server, make_client) -> None:
-    s = make_server()
+def test_server_killed_mid_batch_then_restarted(make_server, make_client, server_kind) -> None:
+    s = make_server(server_kind)  # each of conftest.CONTRACT_SERVERS
     c = make_client(s.url, num_connections=2, op_timeout_s=5.0)
     keys = [f"k{i}" for i in range(48)]
     value = np.random.default_rng(1).integers(0, 256, VALUE, dtype=np.uint8)

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..config import ClientConfig
 from ..connection import open_connection
+from ..server_profile import UNKNOWN
 from ..errors import ServerReplyError, ValkeyConnectionError, ValkeyError
 from .slots import NUM_SLOTS
 
@@ -113,7 +114,8 @@ def parse_slots(reply: Sequence[Any], asked: Addr) -> SlotMap:
 
 def read_slot_map(config: ClientConfig, addr: Addr) -> SlotMap:
     """The slot map as one node sees it (raises on connect/protocol errors)."""
-    conn = open_connection(config.for_node(*addr))
+    # A control connection: no GETs, so no INFO round trip to learn the server.
+    conn = open_connection(config.for_node(*addr), profile=UNKNOWN)
     try:
         try:
             smap = parse_shards(conn.native.execute("CLUSTER", "SHARDS"), addr, config.tls)
