@@ -178,18 +178,20 @@ def test_shutdown_drains_saves_in_flight(model_dir, raw, extra):
 
 
 @pytest.mark.parametrize("delay_s", [0.0, 0.003])
-def test_forced_staging_round_trips_and_never_races_block_reuse(model_dir, raw, extra,
-                                                                delay_s):
-    """The GPU code path on CPU: saves copy on an emulated side stream that
-    runs late; a tiny block pool is reused at once by the next requests. Every
-    stored value must be its block's content, and loads (staged, in chunks
-    smaller than a request) must bring the exact bytes back."""
-    extra = {**extra, "staging": "force", "chunk_bytes": 1,   # 1 block per chunk
+@pytest.mark.parametrize("staging", ["force", "auto"])
+def test_staged_copies_round_trip_and_never_race_block_reuse(model_dir, raw, extra, staging,
+                                                             delay_s):
+    """Saves copy on a thread that runs late — the GPU code path on CPU with
+    emulated streams ("force"), or the CPU copier ("auto") — while a tiny
+    block pool is reused at once by the next requests. Every stored value must
+    be its block's content, and loads (staged: in chunks smaller than a
+    request) must bring the exact bytes back."""
+    extra = {**extra, "staging": staging, "chunk_bytes": 1,   # 1 block per chunk
              "staging_bytes": 1 << 20}
     vc = vllm_config(model_dir, extra, prefix_caching=False)
     ranks = [(0, 0), (1, 0)]
     workers = [Worker(vc, seed=i, rank=r, emulated_delay_s=delay_s) for i, r in enumerate(ranks)]
-    assert all(w.connector._worker.staged for w in workers)
+    assert all(w.connector._worker.staged == (staging == "force") for w in workers)
     eng = Engine(vc, workers, num_blocks=16)             # 2 prompts' worth: reused at once
     docs = [tokens(200, seed=60 + i) for i in range(4)]
     reqs = [eng.add(request(d, max_tokens=2)) for d in docs]

@@ -144,8 +144,8 @@ def test_block_gone_between_lookup_and_load_is_recomputed_and_saved_again(model_
     def evict(so):  # after the lookup found all 6 blocks, before the workers load
         if so.kv_connector_metadata.loads:
             assert raw.delete(gone) == 1
-    eng.step(before_workers=evict)
-    [load] = eng.metas[0].loads
+    eng.run_until(lambda: any(m.loads for m in eng.metas), before_workers=evict)
+    [load] = [t for m in eng.metas for t in m.loads]
     assert len(load.block_ids) == 6
     eng.run_until(lambda: eng.first_scheduled(req) is not None)
     errors = set().union(*(o.invalid_block_ids for o in eng.outputs))

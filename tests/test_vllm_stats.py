@@ -66,8 +66,7 @@ def test_hits_misses_load_errors_and_bytes_reach_vllms_log_and_prometheus(
         if so.kv_connector_metadata.loads:
             with ValkeyClient(server.url, key_prefix=extra["key_prefix"]) as c:
                 assert c.batch_delete([warm.connector.key_of(req.block_hashes[2].hex())]) == [1]
-    eng.step(before_workers=evict)
-    eng.run_until(lambda: eng.first_scheduled(req) is not None)
+    eng.run_until(lambda: eng.first_scheduled(req) is not None, before_workers=evict)
     eng.settle()
     eng.step()        # carries what the background save of the recomputed block counted
     total = eng.kv_stats                  # worker + scheduler, as vLLM's engine core sums them

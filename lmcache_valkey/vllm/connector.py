@@ -91,6 +91,7 @@ class ValkeyConnector(KVConnectorBase_V1):
                         fields["hash_algo"])
         self._scheduler: SchedulerSide | None = None
         self._worker: WorkerSide | None = None
+        self._loads_started_for: ValkeyConnectorMetadata | None = None
         self.hook_timer = HookTimer(role.name.lower())
         if role == KVConnectorRole.SCHEDULER:
             self._key_base = f"{self.namespace}:{replication.key_ranks()[0]}:"
@@ -153,7 +154,7 @@ class ValkeyConnector(KVConnectorBase_V1):
         # the blocks of a request aborted while loading until finished_recving.
         assert self._scheduler is not None
         with self.hook_timer.time("request_finished"):
-            self._scheduler.request_finished(request)
+            self._scheduler.request_finished(request, block_ids)
         return False, None
 
     # -- worker side -------------------------------------------------------
@@ -173,13 +174,13 @@ class ValkeyConnector(KVConnectorBase_V1):
         if self._worker is None:
             return
         with self.hook_timer.time("handle_preemptions"):
-            if meta.flush_saves:
-                self._worker.order_before_reuse()
+            if meta.freed_blocks:
+                self._worker.order_before_reuse(meta.freed_blocks)
             self._start_loads(meta)
 
     def _start_loads(self, meta: ValkeyConnectorMetadata) -> None:
-        if not meta.loads_started:
-            meta.loads_started = True
+        if meta is not self._loads_started_for:   # once per step's metadata
+            self._loads_started_for = meta
             self._worker.start_loads(meta.loads)  # type: ignore[union-attr]
 
     def start_load_kv(self, forward_context: ForwardContext, **kwargs: Any) -> None:

@@ -21,8 +21,6 @@ class BlockTransfer:
 class ValkeyConnectorMetadata(KVConnectorMetadata):
     loads: list[BlockTransfer] = dataclasses.field(default_factory=list)
     saves: list[BlockTransfer] = dataclasses.field(default_factory=list)
-    #: Blocks were freed since the last step: staged saves still copying from
-    #: them must finish before this step's compute may overwrite them.
-    flush_saves: bool = False
-    #: Set by the worker once it submitted ``loads`` (in its first hook of the step).
-    loads_started: bool = False
+    #: Blocks freed since the last step: save copies still reading them must
+    #: finish before this step's compute may overwrite them.
+    freed_blocks: set[int] = dataclasses.field(default_factory=set)

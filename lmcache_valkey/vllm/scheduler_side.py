@@ -84,6 +84,7 @@ class SchedulerSide:
         self.options = options or LookupOptions()
         self._reqs: dict[str, _Request] = {}
         self._loads: list[BlockTransfer] = []      # decided, not yet handed to the workers
+        self._freed: set[int] = set()              # blocks freed since the last step
         self._abandoned: list[concurrent.futures.Future[Any]] = []
         self._wait_left_s = self.options.wait_ms / 1e3
         self._log = RateLimitedLog(log)
@@ -209,8 +210,12 @@ class SchedulerSide:
         meta = ValkeyConnectorMetadata(loads=self._loads)
         self._loads = []
         # Blocks freed since the last step may be reused by this step's
-        # compute: staged saves still copying them must finish first.
-        meta.flush_saves = bool(so.finished_req_ids) or bool(so.preempted_req_ids)
+        # compute: save copies still reading them must finish first.
+        for req_id in so.preempted_req_ids or ():
+            st = self._reqs.get(req_id)
+            if st is not None:
+                self._freed.update(st.block_ids)
+        meta.freed_blocks, self._freed = self._freed, set()
         for new in so.scheduled_new_reqs:
             st = self._reqs.get(new.req_id)
             if st is None:
@@ -254,5 +259,6 @@ class SchedulerSide:
                     st.present.discard(idx)
                     st.saved_upto = min(st.saved_upto, idx)
 
-    def request_finished(self, request: Request) -> None:
+    def request_finished(self, request: Request, block_ids: list[int]) -> None:
         self._reqs.pop(request.request_id, None)
+        self._freed.update(block_ids)

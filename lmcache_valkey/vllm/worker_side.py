@@ -14,12 +14,12 @@ reported to vLLM when they are done:
   staging (GPU, or ``staging: "force"``) it is received into a staging chunk,
   then one host-to-device copy per chunk on a side stream scatters the rows
   into their blocks, and the request is reported when that copy's event is done.
-- **Saves** copy the step's finished blocks into a staging chunk inside
-  ``wait_for_save`` (a memcpy on CPU; a device-to-host copy on a side stream
-  ordered after the compute stream on GPU) and send from the chunk in the
-  background. The blocks are then free to be reused at once (on GPU a step
-  that frees blocks orders its compute after the copies, GPU-side, in
-  ``handle_preemptions``). When the staging pool is full the save is
+- **Saves** copy the step's finished blocks into a staging chunk (on CPU a
+  memcpy on a copier thread; on GPU a device-to-host copy on a side stream
+  ordered after the compute stream) and send from the chunk in the
+  background; ``wait_for_save`` only enqueues. A step whose scheduler freed
+  blocks that a copy still reads orders its compute after that copy in
+  ``handle_preemptions`` (GPU-side ``wait_event``; on CPU a wait for the memcpy). When the staging pool is full the save is
   dropped and counted: the backlog is bounded, never queued without limit.
 
 Nothing raises into vLLM.
@@ -39,7 +39,7 @@ from ..errors import partial_results
 from ..ratelimited_log import RateLimitedLog
 from .kv_layout import BlockLayout
 from .metadata import BlockTransfer
-from .staging import CudaStreams, EmulatedStreams, StagingPool
+from .staging import CudaStreams, EmulatedStreams, StagingPool, _Event
 from .stats import StatsRecorder
 
 # Under "vllm." so that vLLM's own log handler and level apply to our lines.
@@ -91,7 +91,7 @@ class WorkerSide:
         self._save_scratch: torch.Tensor | None = None
         self._loads: dict[str, _Load] = {}
         self._saves: list[_Piece] = []
-        self._last_save_copy: Any = None
+        self._copier: EmulatedStreams | None = None
         self._load_errors: set[int] = set()
         self.asleep = False
         self._log = RateLimitedLog(log)
@@ -111,6 +111,9 @@ class WorkerSide:
         self._pool = StagingPool(layout.block_nbytes, opts.staging_bytes, opts.chunk_bytes,
                                  pin=layout.device.type == "cuda")
         self._seg_offsets = [off for _, off in layout.page_views()] + [layout.block_nbytes]
+        # CPU KV: the save memcpy runs on a copier thread (off the step; on the
+        # core vLLM reserves for its own threads), then that thread sends.
+        self._copier = None if staged else EmulatedStreams(opts.emulated_stream_delay_s)
         if staged:
             self._streams = (CudaStreams(layout.device) if layout.device.type == "cuda"
                              else EmulatedStreams(opts.emulated_stream_delay_s))
@@ -277,12 +280,13 @@ class WorkerSide:
                 piece = _Piece([self._key_of(h) for h in t.hashes[i:i + step]], block_ids,
                                chunk=chunk)
                 if self.staged:
-                    piece.event = self._last_save_copy = self._streams.run(  # type: ignore[union-attr]
+                    piece.event = self._streams.run(  # type: ignore[union-attr]
                         self._streams.save_stream,  # type: ignore[union-attr]
                         lambda p=piece: self._gather_rows(p), after_compute=True)
                 else:
-                    self._copy_to_host_rows(piece)
-                    self._send(piece)
+                    piece.event = self._copier.run(  # type: ignore[union-attr]
+                        self._copier.save_stream,  # type: ignore[union-attr]
+                        lambda p=piece: self._copy_and_send(p), after_compute=True)
                 self._saves.append(piece)
         if dropped:
             self._count_dropped(dropped)
@@ -294,12 +298,19 @@ class WorkerSide:
                           "sleeping" if self.asleep else
                           f"staging pool full: {self._pool.nbytes >> 20} MiB of saves in flight")
 
-    def _copy_to_host_rows(self, piece: _Piece) -> None:
-        rows = self._pool.host_rows(piece.chunk, len(piece.keys))  # type: ignore[union-attr]
-        offs = self._seg_offsets
-        for row, b in zip(rows, piece.block_ids):
-            for seg, a, z in zip(self.layout.host_segments(b), offs, offs[1:]):
-                row[a:z] = seg.reshape(-1)
+    def _copy_and_send(self, piece: _Piece) -> None:
+        """On the copier thread (CPU KV): blocks -> staging rows, then send."""
+        try:
+            rows = self._pool.host_rows(piece.chunk, len(piece.keys))  # type: ignore[union-attr]
+            offs = self._seg_offsets
+            for row, b in zip(rows, piece.block_ids):
+                for seg, a, z in zip(self.layout.host_segments(b), offs, offs[1:]):
+                    row[a:z] = seg.reshape(-1)
+            piece.future = self._client.submit_batch_set(piece.keys, rows)
+        except Exception as e:  # a closed client: a failed save, counted by poll_saves
+            failed: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            failed.set_exception(e)
+            piece.future = failed
 
     def _gather_rows(self, piece: _Piece) -> None:
         """On the save stream: blocks -> device scratch -> staging rows."""
@@ -311,7 +322,6 @@ class WorkerSide:
         self._pool.rows(piece.chunk, n).copy_(scratch, non_blocking=True)  # type: ignore[union-attr]
 
     def _send(self, piece: _Piece) -> None:
-        piece.event = None
         piece.future = self._client.submit_batch_set(
             piece.keys, self._pool.host_rows(piece.chunk, len(piece.keys)))  # type: ignore[union-attr]
 
@@ -320,10 +330,12 @@ class WorkerSide:
         still: list[_Piece] = []
         for piece in self._saves:
             if piece.event is not None:
-                if not self._streams.done(piece.event):  # type: ignore[union-attr]
+                if not self._copied(piece.event):
                     still.append(piece)
                     continue
-                self._send(piece)
+                piece.event = None
+                if piece.future is None:   # staged: the copy is done, send now
+                    self._send(piece)
             if not piece.future.done():  # type: ignore[union-attr]
                 still.append(piece)
                 continue
@@ -352,14 +364,23 @@ class WorkerSide:
                               n - stored, n,
                               f" (e.g. {next(iter(errs.values()))})" if errs else "")
 
-    def order_before_reuse(self) -> None:
-        """Blocks were freed this step: the step's compute must not overwrite
-        them before the device-to-host copies still reading them are done
-        (GPU-side ordering; on the emulated streams a host wait)."""
-        ev = self._last_save_copy
-        if ev is not None and self._streams is not None and not self._streams.done(ev):
-            self._streams.order_compute_after(ev)
-        self._last_save_copy = None
+    def order_before_reuse(self, freed: set[int]) -> None:
+        """Blocks ``freed`` since the last step may be reused by this step's
+        compute: it must not overwrite them before the copies still reading
+        them are done (GPU: a GPU-side ``wait_event``; CPU: a host wait on a
+        memcpy). Copies of other blocks are left to run."""
+        for piece in self._saves:
+            if piece.event is None or freed.isdisjoint(piece.block_ids):
+                continue
+            if isinstance(piece.event, _Event):           # CPU copier, emulated streams
+                EmulatedStreams.wait(piece.event)
+            elif not self._streams.done(piece.event):      # type: ignore[union-attr]
+                self._streams.order_compute_after(piece.event)  # type: ignore[union-attr]
+
+    def _copied(self, event: Any) -> bool:
+        if isinstance(event, _Event):
+            return EmulatedStreams.done(event)
+        return self._streams.done(event)  # type: ignore[union-attr]
 
     # -- the end -----------------------------------------------------------
 
