@@ -4,8 +4,9 @@ The worker never lets a hook wait on the network. Block bytes leave and
 enter the KV cache through a **staging pool** allocated once at
 ``register_kv_caches``: ``n_chunks`` chunks of ``chunk_blocks`` block-sized
 rows each, pinned when the KV cache is on a GPU. A save copies its blocks
-into a chunk inside the step (a memcpy on CPU; a stream-ordered
-device-to-host copy on GPU) and sends from the chunk in the background; a
+into a chunk off the step (a memcpy on a copier thread on CPU; a
+stream-ordered device-to-host copy on GPU) and sends from the chunk in the
+background; a
 staged load receives into a chunk in the background, then one host-to-device
 copy per chunk scatters the rows into their blocks. When no chunk is free a
 save is dropped (and counted) and a load waits its turn: the pool is the
@@ -13,8 +14,9 @@ bound on the backlog.
 
 On a GPU the copies run on side streams and finish through CUDA events:
 nothing calls a device-wide synchronize and no hook waits for a copy, except
-that a step that frees blocks orders its compute after the device-to-host
-copies still reading them (a GPU-side ``wait_event``, not a host wait).
+that a step whose scheduler freed blocks orders its compute after the
+device-to-host copies still reading them (a GPU-side ``wait_event``, not a
+host wait).
 
 :class:`EmulatedStreams` gives the same interface on CPU — a thread per
 stream runs the copies later, in order, and events are set when the thread
