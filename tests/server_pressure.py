@@ -53,6 +53,16 @@ def fill_until_oom(r: Any, limit: int = 10_000) -> int:
     return n
 
 
+def make_room(r: Any) -> None:
+    """Room again after `fill_until_oom`: drop every key and lift maxmemory
+    well above what the next writes need. Emptying alone leaves them at the
+    mercy of the clients' query buffers (a pipelined 192 KiB SET grows a
+    connection's buffer to twice that, and it counts toward maxmemory): with
+    ~2 MiB of headroom a three-page batch was refused on a loaded CI machine."""
+    r.flushall()
+    r.config_set("maxmemory", "64mb")
+
+
 def evictions(r: Any) -> int:
     return int(r.info("stats")["evicted_keys"])
 

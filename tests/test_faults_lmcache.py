@@ -33,6 +33,7 @@ from server_pressure import (  # noqa: E402
     admin,
     evict,
     fill_until_oom,
+    make_room,
     pressure,
 )
 
@@ -97,7 +98,7 @@ def test_l2_stores_past_maxmemory_are_reported_failed_and_the_adapter_carries_on
     assert status["closed"] is False and status["inflight_tasks"] == 0
 
     # Room again: stores succeed.
-    r.flushall()
+    make_room(r)
     again = alloc(4)
     assert run.store(more, again).is_successful()
     assert run.lookup(more) == [True] * 4
@@ -148,7 +149,7 @@ def test_remote_connector_put_past_maxmemory_is_logged_not_raised(make_server,
     assert [lm.remote.contains(rc.key(i)) for i in range(3)] == [False] * 3
     assert lm.remote.batched_contains([rc.key(i) for i in range(3)]) == 0
 
-    r.flushall()
+    make_room(r)
     lm.put({i: lm.chunk(i) for i in range(3)})
     got = lm.remote.get_blocking(rc.key(1))
     assert got is not None and rc.content(got) == rc.payload(1)

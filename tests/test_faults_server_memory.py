@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from server_pressure import ALLKEYS_LRU, NOEVICTION, admin, evict, fill_until_oom, pressure
+from server_pressure import ALLKEYS_LRU, NOEVICTION, admin, evict, fill_until_oom, make_room, pressure
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -79,5 +79,5 @@ def test_writes_refused_while_full_then_accepted_after_the_fillers_go(make_serve
     fill_until_oom(r)
     result = c.batch_set(["a", "b"], [b"x" * 1024, b"y" * 1024])
     assert result == [False, False] and result.errors[0].code == "OOM"
-    r.flushall()
+    make_room(r)
     assert c.batch_set(["a", "b"], [b"x" * 1024, b"y" * 1024]) == [True, True]

@@ -27,6 +27,7 @@ from server_pressure import (  # noqa: E402
     admin,
     evict,
     fill_until_oom,
+    make_room,
     pressure,
 )
 from test_vllm_connector import computed_before_step, run_prefill, tokens  # noqa: E402
@@ -69,7 +70,7 @@ def test_maxmemory_reached_saves_fail_per_block_and_serving_goes_on(model_dir, m
     assert computed_before_step(out) == 0 and errors == set()   # served by prefill
     assert out.kv_connector_metadata.loads == []
 
-    r.flushall()                                           # room again
+    make_room(r)                                           # room again
     w3 = Worker(vc, seed=3)
     _, _, out, _ = run_prefill(vc, w3, toks)
     assert w3.connector._worker.blocks_saved == N_BLOCKS

@@ -35,6 +35,28 @@ def test_time_records_each_call_per_hook():
     assert slow["p50_ms"] == slow["p99_ms"] == slow["max_ms"] >= 20.0
 
 
+def test_cpu_time_is_kept_beside_wall_time(tmp_path):
+    """A hook that sleeps (waits for an answer, a core, the GIL) shows wall time
+    its thread did not run; one that computes shows both."""
+    timer = HookTimer("scheduler", dump_dir=tmp_path)
+    with timer.time("get_num_new_matched_tokens"):
+        time.sleep(0.03)
+    with timer.time("build_connector_meta"):
+        t_end = time.thread_time() + 0.02
+        while time.thread_time() < t_end:
+            pass
+    timer.record("update_connector_output", 0.004, cpu_seconds=0.001)
+    cpu, wall = timer.cpu_ms(), timer.durations_ms()
+    assert wall["get_num_new_matched_tokens"][0] >= 30 > 10 > cpu["get_num_new_matched_tokens"][0]
+    assert cpu["build_connector_meta"][0] >= 20
+    assert wall["build_connector_meta"][0] >= cpu["build_connector_meta"][0] * 0.9
+    assert cpu["update_connector_output"] == [pytest.approx(1.0)]
+    timer.dump()
+    assert load_dumps(tmp_path, field="cpu_ms")["scheduler"]["update_connector_output"] == [1.0]
+    with pytest.raises(ValueError, match="field must be one of"):
+        load_dumps(tmp_path, field="p99")
+
+
 def test_a_hook_that_raises_is_still_recorded():
     timer = HookTimer("worker", dump_dir=None)
     with pytest.raises(KeyError):

@@ -23,7 +23,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from server_pressure import ALLKEYS_LRU, NOEVICTION, admin, evict, fill_until_oom  # noqa: E402
+from server_pressure import (  # noqa: E402
+    ALLKEYS_LRU,
+    NOEVICTION,
+    admin,
+    evict,
+    fill_until_oom,
+    make_room,
+)
 
 from lmcache_valkey.errors import ConfigError  # noqa: E402
 from lmcache_valkey.sglang.config import HiCacheValkeyConfig  # noqa: E402
@@ -379,7 +386,7 @@ def test_maxmemory_reached_pages_are_not_stored_and_nothing_raises(make_server, 
         assert s.batch_set(HASHES[:1], [pool.get_data_page(0)]) is False
     assert "3 of 3 pages not stored (e.g. OOM" in caplog.text
     assert s.batch_exists(HASHES[:3]) == 0
-    admin(srv).flushall()                                   # room again
+    make_room(admin(srv))                                   # room again
     assert s.batch_set_v1(HASHES[:3], idx(0, 1, 2)) == [True] * 3
 
 

@@ -70,7 +70,12 @@ except ImportError:  # pragma: no cover - optional
     Console = Table = None
 
 from lmcache_valkey.vllm.hook_timing import DIR_ENV as HOOK_TIMINGS_ENV
-from lmcache_valkey.vllm.hook_timing import DEFAULT_DUMP_INTERVAL_S, load_dumps, summarize_ms
+from lmcache_valkey.vllm.hook_timing import (
+    DEFAULT_DUMP_INTERVAL_S,
+    FIELDS,
+    load_dumps,
+    summarize_ms,
+)
 
 DEFAULT_MODEL_DIR = Path.home() / ".cache" / "lmcache_valkey" / "llama-89m"
 QUESTION = "\n\nQuestion: In one sentence, what is this document about?\nAnswer:"
@@ -514,19 +519,32 @@ def hook_timing_rows(hook_dirs: dict[tuple[str, str], list[Path]]) -> list[dict[
     """Per configuration, round kind, role and hook: the pooled durations' summary."""
     rows = []
     for (name, phase), dirs in hook_dirs.items():
-        pooled: dict[str, dict[str, list[float]]] = {}
+        pooled: dict[str, dict[str, dict[str, list[float]]]] = {}
         for d in dirs:
             if not d.is_dir():
                 continue
-            for role, per_hook in load_dumps(d).items():
-                for hook, values in per_hook.items():
-                    pooled.setdefault(role, {}).setdefault(hook, []).extend(values)
-        for role in sorted(pooled):
-            for hook in sorted(pooled[role]):
-                if not pooled[role][hook]:
-                    continue
-                rows.append({"config": name, "round": phase, "role": role, "hook": hook,
-                             **summarize_ms(pooled[role][hook])})
+            for field in FIELDS:
+                for role, per_hook in load_dumps(d, field=field).items():
+                    for hook, values in per_hook.items():
+                        (pooled.setdefault(field, {}).setdefault(role, {})
+                         .setdefault(hook, []).extend(values))
+        rows.extend(hook_summary_rows(name, phase, pooled))
+    return rows
+
+
+def hook_summary_rows(name: str, phase: str, pooled: dict[str, dict[str, dict[str, list[float]]]]
+                      ) -> list[dict[str, Any]]:
+    """One row per role and hook: wall-time summary, plus the CPU time's p99 / max."""
+    rows = []
+    walls, cpus = pooled.get("durations_ms", {}), pooled.get("cpu_ms", {})
+    for role in sorted(walls):
+        for hook in sorted(walls[role]):
+            if not walls[role][hook]:
+                continue
+            cpu = summarize_ms(cpus.get(role, {}).get(hook, []))
+            rows.append({"config": name, "round": phase, "role": role, "hook": hook,
+                         **summarize_ms(walls[role][hook]),
+                         "cpu_p99_ms": cpu["p99_ms"], "cpu_max_ms": cpu["max_ms"]})
     return rows
 
 
@@ -536,10 +554,13 @@ def print_hook_timings(rows: list[dict[str, Any]]) -> None:
         print("hook timings: no files were written (this connector build does not record "
               f"them, or no configuration uses it): nothing under {HOOK_TIMINGS_ENV}")
         return
-    header = ["config", "round", "role", "hook", "calls", "p50 (ms)", "p99 (ms)", "max (ms)"]
+    header = ["config", "round", "role", "hook", "calls", "p50 (ms)", "p99 (ms)", "max (ms)",
+              "CPU p99 (ms)", "CPU max (ms)"]
     table = [[r["config"], r["round"], r["role"], r["hook"], str(r["n"]),
-              f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}", f"{r['max_ms']:.3f}"] for r in rows]
-    print_rows(header, table, "wall time of each connector hook call (vLLM blocked for it)")
+              f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}", f"{r['max_ms']:.3f}",
+              f"{r.get('cpu_p99_ms', 0.0):.3f}", f"{r.get('cpu_max_ms', 0.0):.3f}"] for r in rows]
+    print_rows(header, table, "wall time of each connector hook call (vLLM blocked for it); "
+               "CPU: what the hook's thread ran of it")
     print("\nmarkdown:\n" + markdown_rows(header, table))
 
 

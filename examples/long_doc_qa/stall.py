@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import run as ldq  # noqa: E402  (run.py of this folder: server, streaming, tables)
 
-from lmcache_valkey.vllm.hook_timing import DIR_ENV, load_dumps, summarize_ms  # noqa: E402
+from lmcache_valkey.vllm.hook_timing import DIR_ENV, FIELDS, load_dumps  # noqa: E402
 
 HITS = "vllm:external_prefix_cache_hits_total"
 STREAM_PROMPT = "Tell a very long story about a lighthouse keeper and the sea."
@@ -274,12 +274,8 @@ def hook_rows(timings_dir: Path, windows: dict[str, tuple[float, float]]) -> lis
     for label, window in windows.items():
         if not timings_dir.is_dir():
             break
-        for role, per_hook in sorted(load_dumps(timings_dir, window).items()):
-            for hook, values in sorted(per_hook.items()):
-                if not values:  # not called in this window
-                    continue
-                rows.append({"config": "valkey", "round": label, "role": role, "hook": hook,
-                             **summarize_ms(values)})
+        pooled = {field: load_dumps(timings_dir, window, field=field) for field in FIELDS}
+        rows.extend(ldq.hook_summary_rows("valkey", label, pooled))
     return rows
 
 

@@ -4,7 +4,10 @@ vLLM calls the connector's hooks inside its scheduler loop and its model step:
 whatever a hook spends there is added to every running request's latency.
 ``HookTimer`` records how long each call took, keeps the last ``max_samples``
 per hook (a long-running server must not grow without bound) and reports
-p50 / p99 / max per hook. With ``LMCACHE_VALKEY_HOOK_TIMINGS_DIR`` set, it
+p50 / p99 / max per hook. Each call's thread CPU time is kept beside its
+wall time: on a loaded machine a hook's wall time also counts the time its
+thread waited for a core or for the GIL (vLLM's own I/O threads hold it
+while they encode a step's outputs), the CPU time only what it ran. With ``LMCACHE_VALKEY_HOOK_TIMINGS_DIR`` set, it
 writes them to ``<dir>/<role>-<pid>.json`` (at shutdown, and every
 ``dump_interval_s`` from :meth:`HookTimer.maybe_dump`) so that a benchmark can
 read the figures of the scheduler and worker processes it does not run itself
@@ -49,27 +52,32 @@ def summarize_ms(durations_ms: list[float]) -> dict[str, float]:
             "p99_ms": percentile(values, 99), "max_ms": values[-1]}
 
 
-# One sample: (time.monotonic() when the call ended, its duration in ms). The end
-# time (CLOCK_MONOTONIC: one clock for every process of the machine) lets a
-# benchmark split the calls into windows, e.g. "while Valkey was frozen".
-Sample = tuple[float, float]
+# One sample: (time.monotonic() when the call ended, its wall duration in ms, the
+# CPU time its thread ran meanwhile in ms). The end time (CLOCK_MONOTONIC: one
+# clock for every process of the machine) lets a benchmark split the calls into
+# windows, e.g. "while Valkey was frozen".
+Sample = tuple[float, float, float]
+FIELDS = ("durations_ms", "cpu_ms")
 
 
 class _Timing:
     """The context manager of one hook call (a class: cheaper than @contextmanager)."""
 
-    __slots__ = ("_samples", "_t0")
+    __slots__ = ("_samples", "_t0", "_c0")
 
     def __init__(self, samples: deque[Sample]) -> None:
         self._samples = samples
-        self._t0 = 0
+        self._t0 = self._c0 = 0
 
     def __enter__(self) -> None:
+        self._c0 = time.thread_time_ns()
         self._t0 = time.perf_counter_ns()
 
     def __exit__(self, *exc: Any) -> None:
         # Recorded even when the hook raises: that call blocked vLLM too.
-        self._samples.append((time.monotonic(), (time.perf_counter_ns() - self._t0) / 1e6))
+        wall = time.perf_counter_ns() - self._t0
+        cpu = time.thread_time_ns() - self._c0
+        self._samples.append((time.monotonic(), wall / 1e6, cpu / 1e6))
 
 
 class HookTimer:
@@ -111,12 +119,13 @@ class HookTimer:
         """``with timer.time("hook_name"): ...`` records the call's wall time."""
         return _Timing(self._deque(hook))
 
-    def record(self, hook: str, seconds: float) -> None:
-        """Record one call measured elsewhere."""
-        self._deque(hook).append((time.monotonic(), seconds * 1e3))
+    def record(self, hook: str, seconds: float, cpu_seconds: float | None = None) -> None:
+        """Record one call measured elsewhere (CPU time: the wall time unless given)."""
+        cpu = seconds if cpu_seconds is None else cpu_seconds
+        self._deque(hook).append((time.monotonic(), seconds * 1e3, cpu * 1e3))
 
     def samples(self) -> dict[str, list[Sample]]:
-        """The kept (end monotonic time, duration ms) samples per hook, oldest first."""
+        """The kept (end monotonic time, wall ms, CPU ms) samples per hook, oldest first."""
         with self._lock:
             items = list(self._samples.items())
         out = {}
@@ -132,7 +141,11 @@ class HookTimer:
 
     def durations_ms(self) -> dict[str, list[float]]:
         """The kept durations (ms) per hook, oldest first."""
-        return {hook: [ms for _, ms in v] for hook, v in self.samples().items()}
+        return {hook: [ms for _, ms, _ in v] for hook, v in self.samples().items()}
+
+    def cpu_ms(self) -> dict[str, list[float]]:
+        """The kept thread CPU times (ms) per hook, oldest first."""
+        return {hook: [cpu for _, _, cpu in v] for hook, v in self.samples().items()}
 
     def summary(self) -> dict[str, dict[str, float]]:
         """``{hook: {n, p50_ms, p99_ms, max_ms}}`` over the kept samples."""
@@ -155,10 +168,12 @@ class HookTimer:
         samples = self.samples()
         doc = {"role": self.role, "pid": os.getpid(), "time": time.time(),
                "max_samples": self.max_samples,
-               "summary": {h: summarize_ms([ms for _, ms in v])
+               "summary": {h: summarize_ms([ms for _, ms, _ in v])
                            for h, v in sorted(samples.items())},
-               "durations_ms": {h: [round(ms, 4) for _, ms in v] for h, v in samples.items()},
-               "end_monotonic_s": {h: [round(t, 6) for t, _ in v] for h, v in samples.items()}}
+               "durations_ms": {h: [round(ms, 4) for _, ms, _ in v] for h, v in samples.items()},
+               "cpu_ms": {h: [round(c, 4) for _, _, c in v] for h, v in samples.items()},
+               "end_monotonic_s": {h: [round(t, 6) for t, _, _ in v]
+                                   for h, v in samples.items()}}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(json.dumps(doc, separators=(",", ":")))
@@ -172,23 +187,29 @@ class HookTimer:
         return self.dump()
 
 
-def load_dumps(dump_dir: str | os.PathLike[str], window: tuple[float, float] | None = None
-               ) -> dict[str, dict[str, list[float]]]:
+def load_dumps(dump_dir: str | os.PathLike[str], window: tuple[float, float] | None = None,
+               field: str = "durations_ms") -> dict[str, dict[str, list[float]]]:
     """Durations (ms) per role and hook from every ``<role>-<pid>.json`` in ``dump_dir``.
+
+    ``field``: ``"durations_ms"`` (wall time) or ``"cpu_ms"`` (the hook
+    thread's CPU time; the window still applies to the wall-time span).
 
     Processes of the same role (e.g. TP workers, or servers started one after
     another on the same folder) are pooled. ``window``: only the calls that
     overlap ``(start, end)`` (``time.monotonic()`` of this machine) — a call
     that blocked through a whole Valkey freeze ends after it, and counts.
     """
+    if field not in FIELDS:
+        raise ValueError(f"field must be one of {FIELDS}, got {field!r}")
     pooled: dict[str, dict[str, list[float]]] = {}
     for path in sorted(Path(dump_dir).glob("*.json")):
         doc = json.loads(path.read_text())
         per_hook = pooled.setdefault(doc["role"], {})
-        for hook, values in doc["durations_ms"].items():
+        for hook, walls in doc["durations_ms"].items():
+            values = doc.get(field, {}).get(hook, [])
             if window is not None:
                 ends = doc["end_monotonic_s"][hook]
-                values = [ms for t, ms in zip(ends, values)
+                values = [v for t, ms, v in zip(ends, walls, values)
                           if t >= window[0] and t - ms / 1e3 <= window[1]]
             per_hook.setdefault(hook, []).extend(values)
     return pooled
