@@ -115,6 +115,25 @@ def test_abort_during_a_load_keeps_its_blocks_until_the_load_ends(model_dir, ser
     assert eng.sched.kv_cache_manager.block_pool.get_num_free_blocks() > free_before
 
 
+def test_the_lookup_starts_when_the_request_arrives(model_dir, server, extra):
+    """Submitted from ``on_new_request``: by the first schedule the answer is
+    in, so even with no inline wait (``lookup_wait_ms: 0``) the first ask
+    finds the prefix and the load is planned in that same step."""
+    toks = tokens(200, seed=7)
+    store_prefix(vllm_config(model_dir, extra), toks)
+    vc = vllm_config(model_dir, {**extra, "lookup_wait_ms": 0})
+    eng = Engine(vc, [Worker(vc, seed=2)])
+    req = eng.add(request(toks, max_tokens=2))
+    lookup = eng.sched.connector._scheduler._reqs[req.request_id].lookup
+    assert lookup is not None                            # in flight before any schedule
+    lookup.future.result(timeout=5)
+    eng.step()
+    assert req.status == RequestStatus.WAITING_FOR_REMOTE_KVS
+    assert eng.sched.connector.hook_timer.summary()["get_num_new_matched_tokens"]["n"] == 1
+    eng.run_until(lambda: req.is_finished())
+    assert computed(eng, req) == 6 * BLOCK
+
+
 def test_a_stalled_server_blocks_no_hook_and_is_served_cold(model_dir, server, proxy, extra):
     """Every hook returns at once with the server stalled (the 50 ms target is
     measured by examples/long_doc_qa/run.py --hook-timings; here: far below

@@ -124,6 +124,11 @@ class ValkeyConnector(KVConnectorBase_V1):
 
     # -- scheduler side ----------------------------------------------------
 
+    def on_new_request(self, request: Request) -> None:
+        assert self._scheduler is not None
+        with self.hook_timer.time("on_new_request"):
+            self._scheduler.on_new_request(request)
+
     def get_num_new_matched_tokens(self, request: Request,
                                    num_computed_tokens: int) -> tuple[int | None, bool]:
         assert self._scheduler is not None

@@ -8,7 +8,10 @@ present only if all ranks have it, and every rank's TTL is renewed by the
 same round trip, so no rank's keys expire while the prefix is in use). The
 last prompt token is never loaded: vLLM must compute at least one token.
 
-The lookup never holds up the scheduler: it is submitted, waited for at most
+The lookup never holds up the scheduler. It is submitted when the request
+arrives (``on_new_request``), so by the time the scheduler first asks — at the
+earliest the next schedule, after a step — the answer is usually there and
+no hook waits at all. Otherwise it is waited for at most
 ``lookup_wait_ms`` per step in all (a healthy server answers within that),
 and otherwise answered ``None`` — vLLM asks again next step — until
 ``lookup_timeout_ms`` have passed, when the request is served cold. While a
@@ -96,6 +99,21 @@ class SchedulerSide:
 
     # -- lookup ------------------------------------------------------------
 
+    def on_new_request(self, request: Request) -> None:
+        """A request has arrived: start its lookup now, so that the answer is
+        in by the time the scheduler asks (never waits here)."""
+        st = self._reqs.get(request.request_id)
+        if st is None:
+            st = self._reqs[request.request_id] = _Request(request)
+        n_check = self._blocks_to_check(request)
+        if st.lookup is None and n_check > 0 and not self._server_stalled():
+            st.lookup = self._submit_lookup(request, n_check)
+
+    def _blocks_to_check(self, request: Request) -> int:
+        """The prompt's full blocks that could be loaded (never the last token's)."""
+        return min((request.num_prompt_tokens - 1) // self._block_size,
+                   len(request.block_hashes))
+
     def get_num_new_matched_tokens(self, request: Request, num_computed_tokens: int
                                    ) -> tuple[int | None, bool]:
         st = self._reqs.get(request.request_id)
@@ -104,7 +122,7 @@ class SchedulerSide:
         st.pending_load = None
         bs = self._block_size
         first = num_computed_tokens // bs
-        n_check = min((request.num_prompt_tokens - 1) // bs, len(request.block_hashes))
+        n_check = self._blocks_to_check(request)
         if n_check <= first:      # vLLM's own prefix cache has it all (by now)
             st.lookup = None
             return 0, False
