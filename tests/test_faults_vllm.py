@@ -116,4 +116,6 @@ def test_block_evicted_mid_prefix_only_the_blocks_before_it_are_loaded(model_dir
     run = next((i for i, here in enumerate(present) if not here), N_BLOCKS)
     sched = scheduler(vc)
     req = request(toks)
+    sched.add_request(req)                                 # the lookup starts here
+    sched.connector._scheduler._reqs[req.request_id].lookup.future.result(timeout=10)
     assert sched.connector.get_num_new_matched_tokens(req, 0) == (run * BLOCK, run > 0)

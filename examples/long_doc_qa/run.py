@@ -327,7 +327,8 @@ def run_round(server: VllmServer, prompts: list[str], plan: list[tuple[int, bool
 # ------------------------------------------------------------------ configs
 
 
-def kv_transfer_for(name: str, valkey_url: str | None, example_dir: Path) -> dict | None:
+def kv_transfer_for(name: str, valkey_url: str | None, example_dir: Path,
+                    connector_options: dict | None = None) -> dict | None:
     if name == "none":
         return None
     if name.startswith("valkey"):
@@ -335,7 +336,8 @@ def kv_transfer_for(name: str, valkey_url: str | None, example_dir: Path) -> dic
         # configuration's warm-up must not find what another one stored.
         return {"kv_connector": "ValkeyConnector", "kv_role": "kv_both",
                 "kv_connector_extra_config": {"url": valkey_url,
-                                              "key_prefix": f"vllm:kv:{name}:"}}
+                                              "key_prefix": f"vllm:kv:{name}:",
+                                              **(connector_options or {})}}
     if name == "example":
         return {"kv_connector": "ExampleConnector", "kv_role": "kv_both",
                 "kv_connector_extra_config": {"shared_storage_path": str(example_dir)}}
@@ -567,6 +569,16 @@ def print_hook_timings(rows: list[dict[str, Any]]) -> None:
 # ------------------------------------------------------------------ main
 
 
+def json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
 def add_server_args(p: argparse.ArgumentParser) -> None:
     """The vLLM server options (VllmServer reads them), shared with stall.py."""
     p.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR,
@@ -580,6 +592,9 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
                         "otherwise reserve one more core when a KV connector is set); "
                         "-1: leave vLLM's per-configuration default")
     p.add_argument("--vllm-args", default="", help="extra arguments for every vLLM server")
+    p.add_argument("--connector-options", default="{}", type=json_object,
+                   help="extra ValkeyConnector kv_connector_extra_config options, as JSON "
+                        '(e.g. \'{"op_timeout_s": 5}\')')
     p.add_argument("--log-dir", type=Path, default=None,
                    help="vLLM server logs (default: a new temporary folder, kept)")
     p.add_argument("--start-timeout", type=float, default=300.0, help="seconds per start")
@@ -717,7 +732,8 @@ def main(argv: list[str] | None = None) -> int:
 
     port = free_port()
     servers = {name: VllmServer(args, model_dir, port,
-                                kv_transfer_for(name, valkey_urls.get(name), example_dir / name),
+                                kv_transfer_for(name, valkey_urls.get(name), example_dir / name,
+                                                args.connector_options),
                                 log_dir, name)
                for name in args.configs}
     print("vLLM commands (each started once per round, stopped after it):")

@@ -133,9 +133,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "prefill is split over several steps and the streaming request gets "
                         "a token between them (one 1200-token prefill step takes ~2.6 s on a "
                         "2-vCPU machine, longer than the 1 s pause target); 0: vLLM's default")
-    p.add_argument("--connector-options", default="{}", type=json.loads,
-                   help="extra kv_connector_extra_config options, as JSON "
-                        '(e.g. \'{"op_timeout_s": 5}\')')
     p.add_argument("--hook-timings", action="store_true",
                    help=f"set {DIR_ENV} for the vLLM server and print the p50 / p99 / max "
                         "wall time of each connector hook, healthy and frozen")
@@ -146,8 +143,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.prefix_caching = False  # only the connector may make W faster
     if args.freeze_s <= 1 or args.doc_tokens < 64 or args.stream_max_tokens < 16:
         p.error("need --freeze-s > 1, --doc-tokens >= 64, --stream-max-tokens >= 16")
-    if not isinstance(args.connector_options, dict):
-        p.error("--connector-options must be a JSON object")
     return args
 
 
@@ -169,8 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     timings_dir = log_dir / "hook-timings"
     figures: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
     with EmbeddedValkey() as valkey:
-        kv = ldq.kv_transfer_for("valkey", valkey.url, log_dir)
-        kv["kv_connector_extra_config"].update(args.connector_options)
+        kv = ldq.kv_transfer_for("valkey", valkey.url, log_dir, args.connector_options)
         server = ldq.VllmServer(args, model_dir, ldq.free_port(), kv, log_dir, "valkey")
         print(f"valkey: embedded server {ldq.redact(valkey.url)}, pid {valkey.pid}")
         print(f"vLLM: {server.command_line()}\nlogs: {log_dir}", flush=True)

@@ -26,7 +26,7 @@ FORMAT_VERSION = 2
 
 #: The connector's numeric options -> (default, minimum, what a valid value is).
 _NUMBERS: dict[str, tuple[float, float | None, str]] = {
-    "lookup_wait_ms": (2.0, 0.0, "a number >= 0"),
+    "lookup_wait_ms": (0.0, 0.0, "a number >= 0"),
     "lookup_timeout_ms": (100.0, 1.0, "a number >= 1"),
     "staging_bytes": (256 << 20, 1.0, "a number of bytes > 0"),
     "chunk_bytes": (32 << 20, 1.0, "a number of bytes > 0"),

@@ -9,12 +9,14 @@ same round trip, so no rank's keys expire while the prefix is in use). The
 last prompt token is never loaded: vLLM must compute at least one token.
 
 The lookup never holds up the scheduler. It is submitted when the request
-arrives (``on_new_request``), so by the time the scheduler first asks — at the
-earliest the next schedule, after a step — the answer is usually there and
-no hook waits at all. Otherwise it is waited for at most
-``lookup_wait_ms`` per step in all (a healthy server answers within that),
-and otherwise answered ``None`` — vLLM asks again next step — until
-``lookup_timeout_ms`` have passed, when the request is served cold. While a
+arrives (``on_new_request``); when the scheduler asks and the answer is not
+in yet, it answers ``None`` — vLLM asks again next step — until
+``lookup_timeout_ms`` have passed, when the request is served cold.
+``lookup_wait_ms`` (default 0) lets the scheduler wait inline that long per
+step in all instead: it saves a step for answers a moment away, but a hook
+that sleeps also waits to get its core and the GIL back (measured on 2 vCPU
+with 2 ms: p99 8-11 ms of wall time for 0.2 ms of CPU; with 0: p99 0.08 ms
+and the same long-doc QA round time). While a
 lookup abandoned that way is still outstanding (a stalled server), new
 requests are served cold at once instead of queueing behind it.
 
@@ -55,7 +57,7 @@ _SUMMARY_EVERY_S = 60.0
 
 @dataclasses.dataclass(frozen=True)
 class LookupOptions:
-    wait_ms: float = 2.0       # per step, all lookups together: wait inline this long at most
+    wait_ms: float = 0.0       # per step, all lookups together: wait inline this long at most
     timeout_ms: float = 100.0  # no answer by then: a miss, served cold
 
 
