@@ -25,7 +25,7 @@ def main() -> None:
         dests = [np.empty(CHUNK, np.uint8) for _ in keys]
         print("bytes received:", client.batch_get_into(keys + ["missing"],
                                                         dests + [np.empty(CHUNK, np.uint8)]))
-        assert all((a == b).all() for a, b in zip(chunks, dests))
+        assert all((a == b).all() for a, b in zip(chunks, dests, strict=True))
 
         # A scatter list: one stored value received into several blocks.
         blocks = [np.empty(CHUNK // 4, np.uint8) for _ in range(4)]

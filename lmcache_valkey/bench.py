@@ -190,7 +190,7 @@ def _measure_size(clients: list[BenchClient], value_bytes: int, keys: int, exist
             for d in dests:
                 d.fill(0)
             _timed(record, client.name, "GET", client.get, names, dests)
-            for i, (src, dst) in enumerate(zip(sources, dests)):
+            for i, (src, dst) in enumerate(zip(sources, dests, strict=True)):
                 if not np.array_equal(src, dst):
                     raise RuntimeError(f"{client.name}: GET of key {i} returned different bytes")
             present = _timed(record, client.name, "EXISTS", client.exists, probe)
@@ -287,8 +287,8 @@ def _server_version(host: str | None, port: int | None, unix_path: str | None,
 
 def _machine() -> str:
     cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in open("/proc/cpuinfo"):
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
@@ -343,7 +343,7 @@ def plot(report: dict[str, Any], path: str) -> None:
     except ImportError:
         raise RuntimeError("--plot needs matplotlib: pip install matplotlib") from None
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for ax, op in zip(axes, ("GET", "SET")):
+    for ax, op in zip(axes, ("GET", "SET"), strict=True):
         rows = [r for r in report["results"] if r["op"] == op]
         for client in dict.fromkeys(r["client"] for r in rows):
             pts = sorted((r["sweep_bytes"], r["gbps"]) for r in rows if r["client"] == client)

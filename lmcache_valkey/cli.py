@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
@@ -193,10 +194,8 @@ def _serve(args: argparse.Namespace) -> int:
         if args.data_dir:
             print(f"data in {server.data_dir} ({config_summary(config)})", flush=True)
         print("Ctrl-C to stop.", flush=True)
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             signal.sigwait({signal.SIGINT, signal.SIGTERM})
-        except KeyboardInterrupt:
-            pass
     finally:
         server.close()
     return 0

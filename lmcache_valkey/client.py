@@ -18,9 +18,9 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from .buffers import Buffer, as_native_buffer, buffer_nbytes
 from .completion import CompletionQueue

@@ -27,8 +27,8 @@ Redis 7.0 alike (interleaved runs). Small SETs (64 KiB) still go 4 deep.
 
 The choice is made at a client's first connect from ``INFO server`` (one
 round trip, after AUTH; reconnects reuse it; ``io_threads_active`` is
-reported, it does not change the choice), is visible in the client's ``repr`` and ``stats()``, and the
-``max_inflight_bytes`` option overrides it. A server that refuses ``INFO``
+reported, it does not change the choice), is visible in the client's ``repr``
+and ``stats()``, and the ``max_inflight_bytes`` option overrides it. A server that refuses ``INFO``
 (an ACL without ``+info``) is treated as one that copies: the safe depth
 costs a deep-pipelining server some speed, never memory.
 """

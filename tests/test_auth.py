@@ -37,7 +37,7 @@ def refused_auths(admin: ValkeyClient) -> int:
         return int(stats.split("acl_access_denied_auth:")[1].split()[0])
     total = 0
     for entry in admin.execute("ACL", "LOG"):
-        fields = dict(zip(entry[::2], entry[1::2]))
+        fields = dict(zip(entry[::2], entry[1::2], strict=True))
         if fields.get(b"reason") == b"auth":
             total += int(fields[b"count"])
     return total
@@ -72,7 +72,8 @@ def test_noperm_is_a_per_key_error(locked_server, make_client) -> None:
     assert reader.batch_exists(["kv:ok"]) == [True]
 
 
-@pytest.mark.parametrize("user, password", [(None, "wrong"), ("alice", "wrong"), ("mallory", "Zq9-nope")])
+@pytest.mark.parametrize("user, password",
+                         [(None, "wrong"), ("alice", "wrong"), ("mallory", "Zq9-nope")])
 def test_wrong_credentials_give_one_clear_error_without_secrets(
         locked_server, make_client, caplog, user, password) -> None:
     caplog.set_level(logging.DEBUG)

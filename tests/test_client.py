@@ -44,7 +44,7 @@ def test_many_values_in_one_batch_are_each_exact(client: ValkeyClient) -> None:
     assert client.batch_set(keys, values) == [True] * len(values)
     dests = [np.zeros(v.size, np.uint8) for v in values]
     assert client.batch_get_into(keys, dests) == [v.size for v in values]
-    for v, d in zip(values, dests):
+    for v, d in zip(values, dests, strict=True):
         assert bytes(d) == v.tobytes()
 
 
@@ -222,7 +222,7 @@ def test_tiled_across_connections_keeps_key_order(server, make_client, prefix) -
     reversed_keys = keys[::-1]
     result = c.batch_get_into(reversed_keys, dests[::-1])
     assert result == [v.size for v in values][::-1]
-    assert all((d == v).all() for d, v in zip(dests, values))
+    assert all((d == v).all() for d, v in zip(dests, values, strict=True))
 
 
 def test_futures(client: ValkeyClient) -> None:
@@ -253,8 +253,10 @@ def test_completion_queue_eventfd_wakes_a_selector(client: ValkeyClient) -> None
 def test_asyncio(client: ValkeyClient) -> None:
     async def main() -> tuple:
         dests = [bytearray(5) for _ in range(20)]
-        sets = await asyncio.gather(*(client.abatch_set([f"a{i}"], [b"%05d" % i]) for i in range(20)))
-        gets = await asyncio.gather(*(client.abatch_get_into([f"a{i}"], [dests[i]]) for i in range(20)))
+        sets = await asyncio.gather(
+            *(client.abatch_set([f"a{i}"], [b"%05d" % i]) for i in range(20)))
+        gets = await asyncio.gather(
+            *(client.abatch_get_into([f"a{i}"], [dests[i]]) for i in range(20)))
         exists = await client.abatch_exists(["a0", "zz"])
         deleted = await client.abatch_delete(["a0"])
         return sets, gets, dests, exists, deleted
@@ -312,4 +314,4 @@ def test_get_depth_is_chosen_per_server_and_shown(server, server_kind, make_clie
     for cl in (c, fixed):
         dests = [np.zeros(v.size, np.uint8) for v in values]
         assert cl.batch_get_into(keys, dests) == [v.size for v in values]
-        assert all(bytes(d) == v.tobytes() for d, v in zip(dests, values))
+        assert all(bytes(d) == v.tobytes() for d, v in zip(dests, values, strict=True))

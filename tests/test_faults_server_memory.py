@@ -9,7 +9,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from server_pressure import ALLKEYS_LRU, NOEVICTION, admin, evict, fill_until_oom, make_room, pressure
+from server_pressure import (
+    ALLKEYS_LRU,
+    NOEVICTION,
+    admin,
+    evict,
+    fill_until_oom,
+    make_room,
+    pressure,
+)
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -83,7 +83,7 @@ def block_addresses(t: torch.Tensor, block_id: int, num_blocks: int, block_dim: 
     part = t.narrow(block_dim, block_id * ratio, ratio)
     el = t.element_size()
     addr = np.array(part.storage_offset() * el, dtype=np.int64)
-    for n, s in zip(part.shape, part.stride()):
+    for n, s in zip(part.shape, part.stride(), strict=True):
         addr = addr[..., None] + np.arange(n, dtype=np.int64) * s * el
     addr = addr[..., None] + np.arange(el, dtype=np.int64)
     return np.sort(addr, axis=None)

@@ -8,6 +8,7 @@ controllers read them: wait for the kind's eventfd, then pop/query.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -48,10 +49,8 @@ def _wait_fd(fd: int, timeout_s: float) -> bool:
     poller.register(fd, select.POLLIN)
     if not poller.poll(timeout_s * 1000):
         return False
-    try:
+    with contextlib.suppress(BlockingIOError):
         os.eventfd_read(fd)
-    except BlockingIOError:
-        pass
     return True
 
 
@@ -174,7 +173,7 @@ def test_store_lookup_load_exact_bytes(adapter, alloc):
     assert result.bytes_transferred() == sum(o.get_size() for o in src)
     assert run.lookup(keys) == [True] * 4
     assert run.load(keys, dst) == [True] * 4
-    for s, d in zip(src, dst):
+    for s, d in zip(src, dst, strict=True):
         assert _bytes(d) == _bytes(s)  # (random bits: NaNs, so compare bytes)
         assert d.tensor.shape == s.tensor.shape
 
@@ -242,7 +241,7 @@ def test_keys_are_prefixed_and_encode_every_field(adapter, alloc, prefix, raw):
 
     dst = alloc(5, fill="zero")
     assert run.load(keys, dst) == [True] * 5
-    for s, d in zip(src, dst):  # five distinct keys, each with its own value
+    for s, d in zip(src, dst, strict=True):  # five distinct keys, each with its own value
         assert _bytes(d) == _bytes(s)
 
 
@@ -463,9 +462,9 @@ def test_server_killed_with_tasks_in_flight(make_server, make_adapter, alloc, pr
     store_ids = [adapter.submit_store_task(_keys(8, start=100 + 8 * i), src) for i in range(3)]
     srv.kill()
 
-    for tid, dst in zip(load_ids, dsts):
+    for tid, dst in zip(load_ids, dsts, strict=True):
         bits = run.load_result(tid)
-        for ok, s, d in zip(bits, src, dst):  # a reported success is always real
+        for ok, s, d in zip(bits, src, dst, strict=True):  # a reported success is always real
             if ok:
                 assert _bytes(d) == _bytes(s)
     for tid in lookup_ids:
@@ -491,7 +490,7 @@ def test_close_with_tasks_in_flight(make_server, make_adapter, alloc, prefix):
     # Every task has a result (no fd wait: the fds are closed now).
     stores = adapter.pop_completed_store_tasks()
     assert store_id in stores
-    for tid, dst in zip(load_ids, dsts):
+    for tid, dst in zip(load_ids, dsts, strict=True):
         bm = adapter.query_load_result(tid)
         assert bm is not None
         for i in range(8):

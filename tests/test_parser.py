@@ -13,6 +13,7 @@ Everything random is seeded; no server is needed.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import random
 import select
@@ -222,10 +223,8 @@ class Peer(threading.Thread):
                 reader.feed(data)
                 self.requests.extend(reader)
             if writable:
-                try:
+                with contextlib.suppress(BlockingIOError):
                     sent += self.sock.send(self.stream[sent:min(allowed, sent + self._chunk())])
-                except BlockingIOError:
-                    pass
                 if self.rng.random() < 0.5:  # let the client read this piece alone
                     time.sleep(self.rng.uniform(0, 0.001))
 
@@ -364,7 +363,7 @@ def expected_get(decoded: list[object], caps: list[int]) -> tuple[list, dict, di
     values: list[int | None] = []
     errors: dict[int, str] = {}
     too_large: dict[int, int] = {}
-    for i, (reply, cap) in enumerate(zip(decoded, caps)):
+    for i, (reply, cap) in enumerate(zip(decoded, caps, strict=True)):
         if isinstance(reply, RespError):
             errors[i] = reply.text
         elif isinstance(reply, bytes) and len(reply) > cap:
@@ -394,11 +393,11 @@ def test_get_batches_match_oracle_at_random_cut_points(seed: int) -> None:
         rng, **random_conn_kwargs(rng))
 
     assert requests == [[b"GET", k] for b in batches for k in b.keys]
-    for batch, (values, errors, too_large) in zip(batches, results):
+    for batch, (values, errors, too_large) in zip(batches, results, strict=True):
         decoded = oracle_replies(batch.replies, rng)
         expected = expected_get(decoded, [len(b) for b in batch.before])
         assert (values, error_texts(errors), too_large) == expected
-        for reply, n, dest, before in zip(decoded, values, batch.dests, batch.before):
+        for reply, n, dest, before in zip(decoded, values, batch.dests, batch.before, strict=True):
             written = reply[:n] if n is not None else b""
             # The value lands exactly; nothing past it (or in a missed,
             # failed or too-large key's buffer) is touched.
@@ -446,7 +445,7 @@ def test_set_exists_delete_match_oracle_at_random_cut_points(kind: str, seed: in
     # What the client wrote, read back by the oracle.
     if kind == "set":
         px = [b"PX", str(ttl_ms).encode()] if ttl_ms else []
-        assert requests == [[b"SET", k, v, *px] for k, v in zip(keys, values)]
+        assert requests == [[b"SET", k, v, *px] for k, v in zip(keys, values, strict=True)]
     else:
         assert requests == [[{"exists": b"EXISTS", "delete": b"DEL"}[kind], k] for k in keys]
     # What it made of the replies, against the oracle's reading of them.

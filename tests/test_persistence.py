@@ -66,9 +66,9 @@ def test_data_and_ttls_survive_a_stop_and_start(mode, tmp_path, make_client) -> 
 
 
 def test_one_data_dir_serves_one_server_at_a_time(tmp_path) -> None:
-    with EmbeddedValkey(data_dir=tmp_path, config=persistence_config("rdb")):
-        with pytest.raises(EmbeddedServerError, match="in use by another server"):
-            EmbeddedValkey(data_dir=tmp_path).start()
+    with EmbeddedValkey(data_dir=tmp_path, config=persistence_config("rdb")), \
+            pytest.raises(EmbeddedServerError, match="in use by another server"):
+        EmbeddedValkey(data_dir=tmp_path).start()
     EmbeddedValkey(data_dir=tmp_path).start().close()        # free again once stopped
 
 

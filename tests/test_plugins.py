@@ -14,8 +14,9 @@ PACKAGE_PARENT = str(Path(lmcache_valkey.__file__).resolve().parent.parent)
 
 
 def run_python(code: str) -> str:
-    r = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {PACKAGE_PARENT!r})\n"
-                        + code], capture_output=True, text=True, timeout=120,
+    r = subprocess.run([sys.executable, "-c",
+                        f"import sys; sys.path.insert(0, {PACKAGE_PARENT!r})\n" + code],
+                       capture_output=True, text=True, timeout=120,
                        cwd=Path(__file__).parent)
     assert r.returncode == 0, r.stderr[-3000:]
     return r.stdout

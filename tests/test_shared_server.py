@@ -166,7 +166,7 @@ def test_volatile_lru_evicts_kv_blocks_and_never_the_keys_without_ttl(make_serve
     keep keys without a TTL: ``volatile-lru`` evicts only keys with one, and
     every KV block has one (``ttl_s``). Over maxmemory, blocks make room for
     new ones; the others' keys all stay."""
-    from server_pressure import MAXMEMORY, _SYNC_FREE
+    from server_pressure import _SYNC_FREE, MAXMEMORY
 
     s = make_server(config={"maxmemory": MAXMEMORY, "maxmemory-policy": "volatile-lru",
                             "maxmemory-samples": "64", **_SYNC_FREE})
@@ -186,5 +186,5 @@ def test_volatile_lru_evicts_kv_blocks_and_never_the_keys_without_ttl(make_serve
     dests = [bytearray(len(block)) for _ in names]
     got = kv.batch_get_into(names, dests)
     assert 0 < sum(n is not None for n in got) < len(names)
-    assert all(d == block for n, d in zip(got, dests) if n is not None)
+    assert all(d == block for n, d in zip(got, dests, strict=True) if n is not None)
     r.close()

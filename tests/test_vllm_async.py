@@ -161,7 +161,7 @@ def test_a_stalled_server_blocks_no_hook_and_is_served_cold(model_dir, server, p
     while time.monotonic() < deadline:
         eng2 = Engine(vc, [w])
         again = eng2.add(request(toks, max_tokens=1))
-        eng2.run_until(lambda: again.is_finished(), max_steps=5000)
+        eng2.run_until(again.is_finished, max_steps=5000)
         if computed(eng2, again):
             break
         time.sleep(0.2)
@@ -336,7 +336,7 @@ def test_sleep_mode_drains_transfers_and_touches_no_kv_memory_while_asleep(model
 def stored_block_ids(worker: Worker, hashes: list[str]) -> list[int]:
     """Where ``store_prefix``'s engine computed each block (its metadata)."""
     ids = {h: b for m in worker.engine.metas for t in m.saves
-           for h, b in zip(t.hashes, t.block_ids)}
+           for h, b in zip(t.hashes, t.block_ids, strict=True)}
     return [ids[h] for h in hashes]
 
 

@@ -15,9 +15,9 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from vllm_fixtures import BLOCK, Engine, Worker, request, scheduler, vllm_config  # noqa: E402
+from vllm_fixtures import BLOCK, Engine, Worker, request, vllm_config  # noqa: E402
 
-from lmcache_valkey import EmbeddedValkey, ValkeyClient  # noqa: E402
+from lmcache_valkey import EmbeddedValkey  # noqa: E402
 from lmcache_valkey.errors import ConfigError  # noqa: E402
 from lmcache_valkey.vllm.config import ConnectorConfig  # noqa: E402
 from lmcache_valkey.vllm.metadata import ValkeyConnectorMetadata  # noqa: E402
@@ -63,7 +63,7 @@ def test_cold_run_saves_every_full_prompt_block_with_ttl_and_prefix(model_dir, r
     [save] = meta.saves
     assert len(save.hashes) == 200 // BLOCK == 6      # the partial 7th block is not stored
     assert save.hashes == [h.hex() for h in req.block_hashes[:6]]
-    for h, block_id in zip(save.hashes, save.block_ids):
+    for h, block_id in zip(save.hashes, save.block_ids, strict=True):
         key = extra["key_prefix"] + w.connector.key_of(h)
         assert raw.get(key) == w.block_bytes(block_id)
         assert 3500_000 < raw.pttl(key) <= 3600_000
@@ -75,8 +75,9 @@ def test_restart_loads_the_stored_prefix_bytes_exactly(model_dir, extra):
     toks = tokens(200, seed=2)
     first = Worker(vc, seed=10)
     _, _, out1, _ = run_prefill(vc, first, toks)
-    stored = {h: first.block_bytes(b) for h, b in zip(out1.kv_connector_metadata.saves[0].hashes,
-                                                       out1.kv_connector_metadata.saves[0].block_ids)}
+    [save1] = out1.kv_connector_metadata.saves
+    stored = {h: first.block_bytes(b)
+              for h, b in zip(save1.hashes, save1.block_ids, strict=True)}
     # "After a restart": new scheduler, new worker whose KV memory holds other bytes.
     second = Worker(vc, seed=20)
     sched, req, out2, errors = run_prefill(vc, second, toks)
@@ -86,7 +87,7 @@ def test_restart_loads_the_stored_prefix_bytes_exactly(model_dir, extra):
     assert out2.num_scheduled_tokens[req.request_id] == 200 - 6 * BLOCK
     [load] = meta.loads
     assert load.hashes == list(stored)
-    for h, block_id in zip(load.hashes, load.block_ids):
+    for h, block_id in zip(load.hashes, load.block_ids, strict=True):
         assert second.block_bytes(block_id) == stored[h]
     assert meta.saves == []                             # nothing new to store
     assert second.connector._worker.blocks_loaded == 6

@@ -83,7 +83,8 @@ def test_hits_misses_load_errors_and_bytes_reach_vllms_log_and_prometheus(
         "lookups": 1, "hit_blocks": 6, "miss_blocks": 0, "hit_rate_pct": 100.0,
         "hit_tokens": 6 * BLOCK, "loaded_blocks": 5, "load_error_blocks": 1,
         "loaded_MiB": round(5 * block_nbytes / 2**20, 1), "saved_blocks": 1,
-        "save_error_blocks": 0, "saved_MiB": round(block_nbytes / 2**20, 1), "save_dropped_blocks": 0,
+        "save_error_blocks": 0, "saved_MiB": round(block_nbytes / 2**20, 1),
+        "save_dropped_blocks": 0,
         "lookup_timeouts": 0, "failed_batches": 0}
 
     lines: list[str] = []

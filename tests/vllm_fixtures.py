@@ -32,12 +32,12 @@ from vllm.config import (  # noqa: E402
     SchedulerConfig,
     VllmConfig,
 )
+from vllm.distributed.kv_transfer.kv_connector.utils import KVOutputAggregator  # noqa: E402
 from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorRole  # noqa: E402
 from vllm.sampling_params import SamplingParams  # noqa: E402
 from vllm.utils.hashing import sha256  # noqa: E402
 from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash  # noqa: E402
 from vllm.v1.core.sched.scheduler import Scheduler  # noqa: E402
-from vllm.distributed.kv_transfer.kv_connector.utils import KVOutputAggregator  # noqa: E402
 from vllm.v1.kv_cache_interface import (  # noqa: E402
     FullAttentionSpec,
     KVCacheConfig,
@@ -193,7 +193,8 @@ class Engine:
             w.begin_step(so.kv_connector_metadata)
         self.forward(so)
         outs = []
-        sched_ids = [r.req_id for r in so.scheduled_new_reqs] + list(so.scheduled_cached_reqs.req_ids)
+        sched_ids = ([r.req_id for r in so.scheduled_new_reqs]
+                     + list(so.scheduled_cached_reqs.req_ids))
         for w in self.workers:
             kv_out = w.end_step(so.finished_req_ids)
             sampled = [[7] if self._prefill_done(so, r) else [] for r in sched_ids]
@@ -223,7 +224,7 @@ class Engine:
         bs = self.vc.cache_config.block_size
         starts = {r.req_id: r.num_computed_tokens for r in so.scheduled_new_reqs}
         cached = so.scheduled_cached_reqs
-        starts.update(zip(cached.req_ids, cached.num_computed_tokens))
+        starts.update(zip(cached.req_ids, cached.num_computed_tokens, strict=True))
         for req_id, start in starts.items():
             req = self.sched.requests[req_id]
             (ids,) = self.sched.kv_cache_manager.get_block_ids(req_id)

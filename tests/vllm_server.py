@@ -7,6 +7,7 @@ size 32 (the CPU backend's multiple), a small KV cache.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -81,14 +82,10 @@ class VllmServer:
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.terminate()  # the API server shuts its engine and workers down
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)  # whatever is left of the group
-        except ProcessLookupError:
-            pass
         self.proc.wait()
 
     def log_tail(self, n: int = 6000) -> str:

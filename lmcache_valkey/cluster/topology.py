@@ -14,8 +14,8 @@ from typing import Any
 
 from ..config import ClientConfig
 from ..connection import open_connection
-from ..server_profile import UNKNOWN
 from ..errors import ServerReplyError, ValkeyConnectionError, ValkeyError
+from ..server_profile import UNKNOWN
 from .slots import NUM_SLOTS
 
 log = logging.getLogger(__name__)

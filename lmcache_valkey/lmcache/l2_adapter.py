@@ -28,15 +28,16 @@ the same keys.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
 import logging
 import math
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lmcache.lmcache_native import Bitmap
@@ -448,10 +449,10 @@ class ValkeyL2Adapter(L2AdapterInterface):
             if task.kind == _STORE:
                 sizes = task.sizes or [0] * n
                 ok = [v is True for v in values]
-                written = sum(s for s, k in zip(sizes, ok) if k)
+                written = sum(s for s, k in zip(sizes, ok, strict=True) if k)
                 success = exc is None and all(ok)
                 with self._lock:
-                    for key, size, k in zip(task.keys, sizes, ok):
+                    for key, size, k in zip(task.keys, sizes, ok, strict=True):
                         if k:
                             stored_sizes.append(self._track(key, size, now))
                             stored.append(key)
@@ -501,10 +502,8 @@ class ValkeyL2Adapter(L2AdapterInterface):
             log.exception("ValkeyL2Adapter: an L2 listener failed")
         with self._lock:
             if not self._fds_closed:  # a closed fd number may belong to someone else now
-                try:
+                with contextlib.suppress(OSError):
                     self._notifiers[task.kind].notify()
-                except OSError:
-                    pass
 
     def _settle(self, task: _Task, exc: BaseException | None) -> None:
         """Under the lock, with the result published: drop the task's buffers."""
@@ -576,7 +575,7 @@ class ValkeyL2Adapter(L2AdapterInterface):
         deleted: list[ObjectKey] = []
         sizes: list[int] = []
         with self._lock:
-            for key, r in zip(keys, removed):
+            for key, r in zip(keys, removed, strict=True):
                 entry = self._stored.pop(key, None) if r else None
                 if entry is not None:
                     deleted.append(key)

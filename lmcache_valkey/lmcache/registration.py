@@ -24,6 +24,7 @@ from lmcache.cli.main import main; sys.argv[0] = 'lmcache'; sys.exit(main())" se
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 
@@ -64,10 +65,9 @@ def register() -> bool:
                     log.warning("L2 adapter type %r is taken by another config class; "
                                 "not registering lmcache_valkey", TYPE_NAME)
                     return False
-            try:
+            # ValueError: ours from an earlier call (the config check above passed)
+            with contextlib.suppress(ValueError):
                 register_l2_adapter_factory(TYPE_NAME, create_adapter)
-            except ValueError:
-                pass  # ours from an earlier call (the config check above passed)
         except Exception as e:
             log.warning("lmcache_valkey: registering with LMCache failed: %s", e)
             return False

@@ -9,7 +9,8 @@ Keys are ``<key_prefix><namespace>:<rank>:<block hash hex>``. The namespace
 incompatible — model, dtypes, block size, per-layer KV specs, platform, TP/PP
 sizes, the prefix-hash algorithm — and ``rank`` names the worker's share of
 the KV (``<tp>.<pp>``; one shared name for KV every rank holds the same
-copy of, see :mod:`.ranks`), so two deployments never read each other's bytes. The block hash is vLLM's own
+copy of, see :mod:`.ranks`), so two deployments never read each other's bytes.
+The block hash is vLLM's own
 chained ``request.block_hashes`` (prompt tokens, cache salt, LoRA and
 multimodal inputs of the whole prefix).
 """
@@ -32,9 +33,9 @@ from vllm.distributed.kv_transfer.kv_connector.v1.metrics import (
 
 from ..errors import ConfigError
 from .config import ConnectorConfig, hash_seed_is_stable, kv_namespace
+from .hook_timing import HookTimer
 from .metadata import ValkeyConnectorMetadata
 from .namespace import namespace_fields
-from .hook_timing import HookTimer
 from .ranks import Replication
 from .scheduler_side import LookupOptions, SchedulerSide
 from .stats import ValkeyConnectorStats, ValkeyPromMetrics

@@ -7,7 +7,8 @@ per hook (a long-running server must not grow without bound) and reports
 p50 / p99 / max per hook. Each call's thread CPU time is kept beside its
 wall time: on a loaded machine a hook's wall time also counts the time its
 thread waited for a core or for the GIL (vLLM's own I/O threads hold it
-while they encode a step's outputs), the CPU time only what it ran. With ``LMCACHE_VALKEY_HOOK_TIMINGS_DIR`` set, it
+while they encode a step's outputs), the CPU time only what it ran. With
+``LMCACHE_VALKEY_HOOK_TIMINGS_DIR`` set, it
 writes them to ``<dir>/<role>-<pid>.json`` (at shutdown, and every
 ``dump_interval_s`` from :meth:`HookTimer.maybe_dump`) so that a benchmark can
 read the figures of the scheduler and worker processes it does not run itself
@@ -23,6 +24,7 @@ read the figures of the scheduler and worker processes it does not run itself
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import threading
@@ -103,10 +105,8 @@ class HookTimer:
             atexit.register(self._dump_at_exit)
 
     def _dump_at_exit(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # nothing to report to at exit; never fail the exit
             self.dump()
-        except Exception:  # nothing to report to at exit; never fail the exit
-            pass
 
     def _deque(self, hook: str) -> deque[Sample]:
         samples = self._samples.get(hook)
@@ -209,7 +209,7 @@ def load_dumps(dump_dir: str | os.PathLike[str], window: tuple[float, float] | N
             values = doc.get(field, {}).get(hook, [])
             if window is not None:
                 ends = doc["end_monotonic_s"][hook]
-                values = [v for t, ms, v in zip(ends, walls, values)
+                values = [v for t, ms, v in zip(ends, walls, values, strict=False)
                           if t >= window[0] and t - ms / 1e3 <= window[1]]
             per_hook.setdefault(hook, []).extend(values)
     return pooled

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from math import prod
 from typing import Any
 
 import torch
@@ -166,7 +165,7 @@ def _layer_runs(name: str, t: torch.Tensor, num_blocks: int
     block_stride = strides[dim] * ratio
     # One vLLM block: the kernel-block axis, the other axes, and the bytes of an element.
     block_dims = [(ratio, strides[dim])] + [
-        (n, s) for d, (n, s) in enumerate(zip(shape, strides)) if d != dim] + [(el, 1)]
+        (n, s) for d, (n, s) in enumerate(zip(shape, strides, strict=True)) if d != dim] + [(el, 1)]
     block_dims = sorted(((n, s) for n, s in block_dims if n > 1), key=lambda d: d[1])
     if any(s < 0 for _, s in block_dims) or block_stride <= 0 or not _disjoint(
             block_dims + [(num_blocks, block_stride)]):

@@ -8,6 +8,7 @@ sometimes more than once per process — so it must be idempotent:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 
@@ -30,9 +31,7 @@ def register() -> bool:
             return False
         registry = getattr(KVConnectorFactory, "_registry", {})
         if CONNECTOR_NAME not in registry:
-            try:
+            with contextlib.suppress(ValueError):  # registered between our check and the call
                 KVConnectorFactory.register_connector(
                     CONNECTOR_NAME, "lmcache_valkey.vllm.connector", "ValkeyConnector")
-            except ValueError:  # registered between our check and the call
-                pass
         return CONNECTOR_NAME in getattr(KVConnectorFactory, "_registry", {})

@@ -19,7 +19,8 @@ reported to vLLM when they are done:
   ordered after the compute stream) and send from the chunk in the
   background; ``wait_for_save`` only enqueues. A step whose scheduler freed
   blocks that a copy still reads orders its compute after that copy in
-  ``handle_preemptions`` (GPU-side ``wait_event``; on CPU a wait for the memcpy). When the staging pool is full the save is
+  ``handle_preemptions`` (GPU-side ``wait_event``; on CPU a wait for the
+  memcpy). When the staging pool is full the save is
   dropped and counted: the backlog is bounded, never queued without limit.
 
 Nothing raises into vLLM.
@@ -199,7 +200,7 @@ class WorkerSide:
                 self._log.warning("load", "ValkeyConnector: load of %d blocks failed; vLLM "
                                   "recomputes them: %s", len(piece.keys), e)
             ok = [s == layout.block_nbytes for s in sizes]
-            job.failed.update(b for b, good in zip(piece.block_ids, ok) if not good)
+            job.failed.update(b for b, good in zip(piece.block_ids, ok, strict=True) if not good)
             if not self.staged:
                 piece.done = True
                 return
@@ -303,8 +304,8 @@ class WorkerSide:
         try:
             rows = self._pool.host_rows(piece.chunk, len(piece.keys))  # type: ignore[union-attr]
             offs = self._seg_offsets
-            for row, b in zip(rows, piece.block_ids):
-                for seg, a, z in zip(self.layout.host_segments(b), offs, offs[1:]):
+            for row, b in zip(rows, piece.block_ids, strict=True):
+                for seg, a, z in zip(self.layout.host_segments(b), offs, offs[1:], strict=False):
                     row[a:z] = seg.reshape(-1)
             piece.future = self._client.submit_batch_set(piece.keys, rows)
         except Exception as e:  # a closed client: a failed save, counted by poll_saves
