@@ -367,7 +367,11 @@ class GlideSync(BenchClient):
         super().__init__(host, port, unix_path, num_connections)
         from glide_sync import GlideClient, GlideClientConfiguration, NodeAddress
 
-        address = NodeAddress(host, port) if self.tcp else NodeAddress(unix_socket_path=unix_path)
+        if self.tcp:
+            assert host is not None and port is not None, "a TCP peer needs a host and a port"
+            address = NodeAddress(host, port)
+        else:
+            address = NodeAddress(unix_socket_path=unix_path)
         config = GlideClientConfiguration([address], request_timeout=int(_TIMEOUT_S * 1000))
         self._client = GlideClient.create(config)
 
@@ -393,7 +397,9 @@ class GlideSync(BenchClient):
         replies: list[bytes | None] = []  # b"<bytes written>" per key, None for a miss
         try:
             for piece in _pieces([v.nbytes for v in views], self._PIECE_BYTES):
-                replies += self._client.mget(keys[piece], buffers=views[piece])
+                # glide's stub wants list[str | bytes | ...]: list is invariant, list[bytes] fits
+                replies += self._client.mget(
+                    keys[piece], buffers=views[piece])  # type: ignore[arg-type]
         except GlideError as e:  # e.g. a value larger than its buffer
             raise RuntimeError(f"{self.name}: GET failed: {e}") from e
         _check_fetched(self.name, keys, dests, [None if r is None else int(r) for r in replies])

@@ -148,7 +148,7 @@ def resolve(future: Future[BatchResult], result: BatchResult, exc: BaseException
 class _Tile:
     __slots__ = ("job", "start", "method", "keys", "buffers", "args")
 
-    def __init__(self, job: _Job, start: int, method: str, keys: list[bytes] | None,
+    def __init__(self, job: _Job, start: int, method: str, keys: list[bytes],
                  buffers: list[Any] | None, args: tuple[Any, ...] = ()) -> None:
         self.job = job
         self.start = start
@@ -308,7 +308,8 @@ def _split(sizes: Sequence[int], parts: int) -> list[tuple[int, int]]:
     if parts <= 1 or n <= 1:
         return [(0, n)]
     total = sum(sizes)
-    ranges, start, acc = [], 0, 0
+    ranges: list[tuple[int, int]] = []
+    start = acc = 0
     for i, size in enumerate(sizes[:-1]):
         acc += size
         if acc * parts >= total * (len(ranges) + 1):  # crossed the next cut

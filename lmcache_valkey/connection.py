@@ -164,6 +164,7 @@ def open_connection(config: ClientConfig, profile: ServerProfile | None = None) 
     timeouts; set the GET depth for that server unless max_inflight_bytes
     fixes it."""
     sock = _connect_socket(config)
+    limits: dict[str, Any]  # float and int keyword arguments
     limits = dict(timeout_s=config.connect_timeout_s,  # the handshake is part of connecting
                   max_bulk_len=config.max_bulk_len)
     try:

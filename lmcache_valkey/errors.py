@@ -48,7 +48,7 @@ class ValkeyConnectionError(ValkeyError, ConnectionError):
     before the failure; keys past that point are reported as failed.
     """
 
-    partial: object = None
+    partial: Any = None  # a connection's (values, errors, too_large); a client's BatchResult
 
 
 class ValkeyTimeoutError(ValkeyConnectionError, TimeoutError):

@@ -258,6 +258,7 @@ class _ClusterJob:
             prefix = self.client.config.key_prefix
             ttl_ms = self.client.config.ttl_ms
             op = self.op
+            jobs: list[tuple[int, bytes, Any]]  # (index, key, its buffer or None)
             jobs = [(i, prefix + self.keys[i],
                      None if self.buffers is None else self.buffers[i]) for i in idxs]
             check = self.client._checksum

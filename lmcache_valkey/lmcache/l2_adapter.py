@@ -398,7 +398,7 @@ class ValkeyL2Adapter(L2AdapterInterface):
             return self._completed_loads.pop(task_id, None)
 
     def _submit(self, kind: str, keys: Sequence[ObjectKey], objects: Sequence[MemoryObj] | None,
-                start: Callable[[list[bytes], list[Any] | None], Future[Any]]) -> L2TaskId:
+                start: Callable[[list[bytes], list[Any]], Future[Any]]) -> L2TaskId:
         with self._lock:
             task_id = self._next_task_id
             self._next_task_id += 1
@@ -415,7 +415,7 @@ class ValkeyL2Adapter(L2AdapterInterface):
                 task.sizes = [int(v.nbytes) for v in task.views]
             with self._lock:
                 self._inflight[task_id] = task
-            task.future = start(wire, task.views)
+            task.future = start(wire, task.views or [])  # (a lookup has no views)
         except Exception as e:  # never into LMCache: the task fails instead
             self._finish(task, None, e)
             return task_id
@@ -566,6 +566,7 @@ class ValkeyL2Adapter(L2AdapterInterface):
         if not keys or self._closed:
             return
         keys = list(keys)
+        removed: list[Any]
         try:
             fut = self._client.submit_batch_delete([encode_object_key(k) for k in keys])
             removed = fut.result(timeout=self._wait_s)

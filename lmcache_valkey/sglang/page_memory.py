@@ -106,5 +106,8 @@ def _storage_bytes(t: Any, storage: Any) -> memoryview:
     """A writable uint8 view of a tensor's whole storage (no copy)."""
     import torch
 
-    flat = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (storage.nbytes(),))
-    return memoryview(flat.numpy())
+    # torch's stub requires set_'s stride (optional at run time: contiguous); numpy's has
+    # ndarray.__buffer__ only from Python 3.12 on.
+    flat = torch.empty(0, dtype=torch.uint8).set_(  # type: ignore[call-overload]
+        storage, 0, (storage.nbytes(),))
+    return memoryview(flat.numpy())  # type: ignore[arg-type]

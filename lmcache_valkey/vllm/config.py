@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal, get_args
 
 from ..config import ClientConfig, Secret, integration_client_config
 from ..errors import ConfigError
@@ -37,7 +37,8 @@ _CONNECTOR_OPTIONS = frozenset({"url", "load_failure_policy", "namespace_extra",
                                 *_NUMBERS})
 _CLIENT_OPTIONS = frozenset(f.name for f in dataclasses.fields(ClientConfig))
 VALID_OPTIONS = _CONNECTOR_OPTIONS | _CLIENT_OPTIONS
-_FAILURE_POLICIES = ("recompute", "fail")
+LoadFailurePolicy = Literal["recompute", "fail"]  # vLLM's kv_load_failure_policy
+_FAILURE_POLICIES: tuple[LoadFailurePolicy, ...] = get_args(LoadFailurePolicy)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +48,7 @@ class ConnectorConfig:
     client_config: ClientConfig
     url: Secret | None
     client_options: Mapping[str, Any]
-    load_failure_policy: str = "recompute"
+    load_failure_policy: LoadFailurePolicy = "recompute"
     namespace_extra: str = ""
     staging: str = "auto"
     lookup_wait_ms: float = _NUMBERS["lookup_wait_ms"][0]
@@ -74,6 +75,7 @@ class ConnectorConfig:
         if staging not in _STAGING:
             raise ConfigError(f"ValkeyConnector: staging must be one of {_STAGING}, "
                               f"not {staging!r}")
+        numbers: dict[str, Any]  # floats, and ints for the byte sizes
         numbers = {name: _number(name, extra.pop(name, default), minimum, need)
                    for name, (default, minimum, need) in _NUMBERS.items()}
         for name in ("staging_bytes", "chunk_bytes"):

@@ -67,8 +67,13 @@ class ValkeyConnector(KVConnectorBase_V1):
 
     def __init__(self, vllm_config: VllmConfig, role: KVConnectorRole,
                  kv_cache_config: KVCacheConfig | None = None) -> None:
-        super().__init__(vllm_config=vllm_config, role=role, kv_cache_config=kv_cache_config)
+        # vLLM always passes kv_cache_config (its base class types it as required and only
+        # stores it); None stays accepted here, as before.
+        super().__init__(vllm_config=vllm_config, role=role,
+                         kv_cache_config=kv_cache_config)  # type: ignore[arg-type]
         transfer = vllm_config.kv_transfer_config
+        if transfer is None:  # (the base class has already refused this)
+            raise ConfigError("ValkeyConnector: vLLM's kv_transfer_config is not set")
         if kv_cache_config is not None and len(kv_cache_config.kv_cache_groups) > 1:
             raise ConfigError(
                 f"ValkeyConnector stores one KV cache group; this model has "

@@ -180,7 +180,7 @@ def _layer_runs(name: str, t: torch.Tensor, num_blocks: int
         if len(offsets) > MAX_RUNS_PER_LAYER_BLOCK:
             raise _unsupported(name, t, num_blocks, f"a block is over {MAX_RUNS_PER_LAYER_BLOCK}"
                                f" separate runs of {run} bytes")
-    base = t.storage_offset() * el
+    base = int(t.storage_offset()) * el  # (typed int | SymInt; an int for a real tensor)
     per_block = ([ratio] if ratio > 1 else []) + [n for d, n in enumerate(shape) if d != dim]
     return [(base + o, block_stride, run) for o in sorted(offsets)], per_block
 

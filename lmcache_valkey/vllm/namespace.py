@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ConfigError
+
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
     from vllm.v1.kv_cache_interface import KVCacheConfig
@@ -32,6 +34,9 @@ def namespace_fields(vllm_config: VllmConfig, kv_cache_config: KVCacheConfig | N
     model = vllm_config.model_config
     cache = vllm_config.cache_config
     par = vllm_config.parallel_config
+    transfer = vllm_config.kv_transfer_config
+    if transfer is None:  # vLLM creates a KV connector only from this config
+        raise ConfigError("ValkeyConnector: vLLM's kv_transfer_config is not set")
     groups: list[Any] = []
     layout = None
     if kv_cache_config is not None:
@@ -46,7 +51,7 @@ def namespace_fields(vllm_config: VllmConfig, kv_cache_config: KVCacheConfig | N
                                          "backend", None)),
         "tp": par.tensor_parallel_size, "pp": par.pipeline_parallel_size,
         "hash_algo": str(cache.prefix_caching_hash_algo),
-        "extra": vllm_config.kv_transfer_config.kv_connector_extra_config.get(
+        "extra": transfer.kv_connector_extra_config.get(
             "namespace_extra", ""),
     }
 

@@ -114,7 +114,8 @@ class ValkeyPromMetrics(KVConnectorPromMetrics):
         from vllm.v1.metrics.utils import create_metric_per_engine
 
         super().__init__(vllm_config, metric_types, labelnames, per_engine_labelvalues)
-        self._counters = {
+        # Counters: vLLM's helper is typed to return any of its metric kinds.
+        self._counters: dict[str, dict[int, Any]] = {
             name: create_metric_per_engine(
                 self._counter_cls(name=f"vllm:valkey_{name}", documentation=doc,
                                   labelnames=labelnames),

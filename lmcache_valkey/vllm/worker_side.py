@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import logging
 import time
 from typing import Any
@@ -151,6 +152,12 @@ class WorkerSide:
     def staged(self) -> bool:
         return self._streams is not None
 
+    def _staging(self, piece: _Piece) -> tuple[StagingPool, int]:
+        """The staging pool and the chunk a staged piece holds."""
+        if self._pool is None or piece.chunk is None:
+            raise RuntimeError("ValkeyConnector: a staged piece without a staging chunk")
+        return self._pool, piece.chunk
+
     # -- loads -------------------------------------------------------------
 
     def start_loads(self, transfers: list[BlockTransfer]) -> None:
@@ -209,7 +216,8 @@ class WorkerSide:
                 self._streams.load_stream,  # type: ignore[union-attr]
                 lambda: self._scatter_rows(piece, rows), after_compute=False)
         if self._streams.done(piece.event):  # type: ignore[union-attr]
-            self._pool.give_back(piece.chunk)  # type: ignore[union-attr]
+            pool, chunk = self._staging(piece)
+            pool.give_back(chunk)
             piece.done = True
 
     def _scatter_rows(self, piece: _Piece, rows: list[int]) -> None:
@@ -218,7 +226,8 @@ class WorkerSide:
             return
         n = len(piece.keys)
         scratch = self._load_scratch[:n]  # type: ignore[index]
-        scratch.copy_(self._pool.rows(piece.chunk, n), non_blocking=True)  # type: ignore[union-attr]
+        pool, chunk = self._staging(piece)
+        scratch.copy_(pool.rows(chunk, n), non_blocking=True)
         if len(rows) < n:
             scratch = scratch.index_select(0, _index(rows, scratch.device))
         blocks = _index([piece.block_ids[i] for i in rows], scratch.device)
@@ -265,7 +274,7 @@ class WorkerSide:
         if not transfers or not self.options.is_writer:
             return
         if self.asleep:
-            self._count_dropped(sum(len(t.hashes) for t in transfers))
+            self._count_dropped(sum(len(t.hashes) for t in transfers), "sleeping")
             return
         pool = self._pool
         assert pool is not None
@@ -283,26 +292,26 @@ class WorkerSide:
                 if self.staged:
                     piece.event = self._streams.run(  # type: ignore[union-attr]
                         self._streams.save_stream,  # type: ignore[union-attr]
-                        lambda p=piece: self._gather_rows(p), after_compute=True)
+                        functools.partial(self._gather_rows, piece), after_compute=True)
                 else:
                     piece.event = self._copier.run(  # type: ignore[union-attr]
                         self._copier.save_stream,  # type: ignore[union-attr]
-                        lambda p=piece: self._copy_and_send(p), after_compute=True)
+                        functools.partial(self._copy_and_send, piece), after_compute=True)
                 self._saves.append(piece)
         if dropped:
-            self._count_dropped(dropped)
+            self._count_dropped(
+                dropped, f"staging pool full: {pool.nbytes >> 20} MiB of saves in flight")
 
-    def _count_dropped(self, dropped: int) -> None:
+    def _count_dropped(self, dropped: int, why: str) -> None:
         self.blocks_dropped += dropped
         self.stats.add(save_dropped_blocks=dropped)
-        self._log.warning("save-dropped", "ValkeyConnector: %d blocks not saved (%s)", dropped,
-                          "sleeping" if self.asleep else
-                          f"staging pool full: {self._pool.nbytes >> 20} MiB of saves in flight")
+        self._log.warning("save-dropped", "ValkeyConnector: %d blocks not saved (%s)", dropped, why)
 
     def _copy_and_send(self, piece: _Piece) -> None:
         """On the copier thread (CPU KV): blocks -> staging rows, then send."""
         try:
-            rows = self._pool.host_rows(piece.chunk, len(piece.keys))  # type: ignore[union-attr]
+            pool, chunk = self._staging(piece)
+            rows = pool.host_rows(chunk, len(piece.keys))
             offs = self._seg_offsets
             for row, b in zip(rows, piece.block_ids, strict=True):
                 for seg, a, z in zip(self.layout.host_segments(b), offs, offs[1:], strict=False):
@@ -320,11 +329,13 @@ class WorkerSide:
         blocks = _index(piece.block_ids, scratch.device)
         for view, off in self._pages:
             scratch[:, off:off + view.shape[1]] = view.index_select(0, blocks)
-        self._pool.rows(piece.chunk, n).copy_(scratch, non_blocking=True)  # type: ignore[union-attr]
+        pool, chunk = self._staging(piece)
+        pool.rows(chunk, n).copy_(scratch, non_blocking=True)
 
     def _send(self, piece: _Piece) -> None:
-        piece.future = self._client.submit_batch_set(
-            piece.keys, self._pool.host_rows(piece.chunk, len(piece.keys)))  # type: ignore[union-attr]
+        pool, chunk = self._staging(piece)
+        piece.future = self._client.submit_batch_set(piece.keys,
+                                                     pool.host_rows(chunk, len(piece.keys)))
 
     def poll_saves(self) -> None:
         """Send what the staged copies have finished; count what was stored."""
@@ -354,7 +365,8 @@ class WorkerSide:
             failures = 1
             self._log.warning("save", "ValkeyConnector: saving %d blocks failed: %s", n, e)
         finally:
-            self._pool.give_back(piece.chunk)  # type: ignore[union-attr]
+            pool, chunk = self._staging(piece)
+            pool.give_back(chunk)
         stored = sum(r is True for r in results)
         self.blocks_saved += stored
         self.stats.add(saved_blocks=stored, save_error_blocks=n - stored,
