@@ -18,13 +18,17 @@ STAMP := $(VENV)/.installed
 # look stale after another venv's build.
 SOURCES := pyproject.toml setup.py MANIFEST.in $(wildcard cython_ext/*.pyx cython_ext/*.pxi) $(wildcard lmcache_valkey/*.py lmcache_valkey/*/*.py)
 
-.PHONY: bench test microbench fuzz asan install clean sglang-venv test-sglang
+.PHONY: bench test lint microbench fuzz asan install clean sglang-venv test-sglang
 
 bench: $(STAMP)                ## the main job: throughput on an embedded Valkey
 	$(BIN)/lmcache-valkey bench $(ARGS)
 
 test: $(STAMP)                 ## the test suite against real Valkey servers
 	$(BIN)/pytest -m "not slow and not bench and not fuzz" $(ARGS)
+
+lint: $(STAMP)                 ## ruff (pyproject's rules) and mypy over the package
+	$(BIN)/ruff check .
+	$(BIN)/mypy lmcache_valkey
 
 microbench: $(STAMP)           ## pytest-benchmark micro-benchmarks (parser, batch path)
 	$(BIN)/pytest -m bench -p no:randomly $(ARGS)
@@ -90,7 +94,7 @@ $(STAMP): $(SOURCES)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH) $(VLLM)
 	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
-	$(BIN)/python -m pip install -q $(TORCH) ".[test,bench,lmcache]"
+	$(BIN)/python -m pip install -q $(TORCH) ".[test,bench,lmcache,lint]"
 	touch $@
 
 clean:
