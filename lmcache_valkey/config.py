@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -108,9 +108,7 @@ class ClientConfig:
         env = os.environ if env is None else env
         unknown = set(options) - _OPTION_NAMES
         if unknown:
-            raise ConfigError(
-                f"unknown option(s) {sorted(unknown)}; valid options are {sorted(_OPTION_NAMES)}"
-            )
+            raise unknown_options_error(unknown, _OPTION_NAMES)
         merged: dict[str, Any] = _from_env(env)
         if url:
             merged.update(_parse_url(url))
@@ -203,33 +201,15 @@ class ClientConfig:
                                    cluster_nodes=())
 
 
-def integration_client_config(owner: str, url: Any, options: dict[str, Any], *,
-                              key_prefix: str, ttl_s: float | None, missing_server: str,
-                              env: Mapping[str, str] | None = None) -> ClientConfig:
-    """The client config of an engine integration (vLLM connector, SGLang
-    backend ...), from its URL and client options: ``key_prefix`` and
-    ``ttl_s`` defaulted (``key_prefix: null`` = none, ``ttl_s: 0`` = never
-    expire), the password held as a :class:`Secret`, every option validated
-    with errors that start with `owner`, and a server required (an engine
-    must never start a private embedded one): ``missing_server`` says how to
-    name it. `options` is normalised in place."""
-    if url is not None and not isinstance(url, str):
-        raise ConfigError(f"{owner}: url must be a string, not {type(url).__name__}")
-    options.setdefault("key_prefix", key_prefix)
-    options.setdefault("ttl_s", ttl_s)
-    if options["key_prefix"] is None:
-        options["key_prefix"] = ""
-    if options.get("ttl_s") == 0:
-        options["ttl_s"] = None
-    if options.get("password") is not None and not isinstance(options["password"], Secret):
-        options["password"] = Secret(str(options["password"]))
-    try:
-        config = ClientConfig.from_options(url or None, env=env, **options)
-    except ConfigError as e:
-        raise ConfigError(f"{owner}: {e}") from None
-    if config.embedded:
-        raise ConfigError(f"{owner} needs a server: {missing_server}")
-    return config
+def unknown_options_error(unknown: Iterable[str], valid: Iterable[str], *, owner: str = "",
+                          where: str = "", shown_under: str = "") -> ConfigError:
+    """The one "unknown option" message: each unknown name (as the user
+    wrote it: `shown_under` + name), where it was written, and every valid
+    one. `owner` (the class the user configured) starts it."""
+    names = sorted(shown_under + name for name in unknown)
+    text = (f"unknown option(s) {names}{f' in {where}' if where else ''}; valid options"
+            f"{f' under {shown_under!r}' if shown_under else ''} are {sorted(valid)}")
+    return ConfigError(f"{owner}: {text}" if owner else text)
 
 
 def _endpoint(host: str, port: int) -> str:

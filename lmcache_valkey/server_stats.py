@@ -14,8 +14,8 @@ On a server shared with other consumers, ``INFO used_memory`` is everyone's.
 The memory of one prefix is therefore *estimated*: ``MEMORY USAGE`` and
 ``PTTL`` of a uniform sample (at most ``memory_samples`` keys, drawn from the
 same SCAN), the mean size times the key count. It is exact when the sample
-holds every key. :class:`PrefixScan` is the one SCAN-under-a-prefix loop of
-the package (statistics, LMCache's listings, ``delete-prefix``).
+holds every key. The walk is :class:`~lmcache_valkey.prefix_scan.PrefixScan`,
+the package's one SCAN-under-a-prefix loop.
 """
 
 from __future__ import annotations
@@ -23,16 +23,15 @@ from __future__ import annotations
 import dataclasses
 import random
 import statistics
-from collections.abc import Iterator
 from typing import Any
 
+from .prefix_scan import PrefixScan
 from .stats import format_bytes, text_table
 
 #: Default bound on the keys one count examines.
 DEFAULT_SCAN_LIMIT = 100_000
 #: Default bound on the keys whose MEMORY USAGE / PTTL are asked (2 commands each).
 DEFAULT_MEMORY_SAMPLES = 200
-_SCAN_COUNT = 1000
 
 _INT_FIELDS = ("used_memory", "maxmemory", "connected_clients", "evicted_keys", "expired_keys",
                "keyspace_hits", "keyspace_misses")
@@ -120,51 +119,6 @@ class ServerFacts:
                          n.maxmemory_policy, str(n.connected_clients), str(n.evicted_keys),
                          str(n.expired_keys), str(n.keyspace_hits), str(n.keyspace_misses)))
         return "\n".join(lines + text_table(rows))
-
-
-def glob_escape(raw: bytes) -> bytes:
-    """`raw` as a literal in a SCAN MATCH pattern (``*?[]\\`` escaped)."""
-    out = bytearray()
-    for b in raw:
-        if b in b"*?[]\\":
-            out += b"\\"
-        out.append(b)
-    return bytes(out)
-
-
-class PrefixScan:
-    """The key names under `prefix`, one ``SCAN`` step's batch at a time.
-
-    ``for names in PrefixScan(client, b"kv:", limit=10_000): ...`` --
-    `limit` bounds the keys the server *examines* (steps of ``count``), not
-    the names returned; ``None`` walks the whole keyspace. After the loop,
-    ``truncated`` says whether the bound stopped it before the end. A batch
-    may be empty, and (SCAN's contract) a key may come twice; a key present
-    for the whole walk always comes. Works for a ValkeyClient and a cluster
-    client (its ``scan`` walks every primary in turn).
-    """
-
-    def __init__(self, client: Any, prefix: bytes, limit: int | None = None,
-                 count: int = _SCAN_COUNT) -> None:
-        if limit is not None and limit < 1:
-            raise ValueError(f"scan_limit must be >= 1, not {limit}")
-        if count < 1:
-            raise ValueError(f"count must be >= 1, not {count}")
-        self._client = client
-        self._match = glob_escape(prefix) + b"*"
-        self._count = count if limit is None else min(count, limit)
-        self._steps = None if limit is None else -(-limit // self._count)
-        self.truncated = False
-
-    def __iter__(self) -> Iterator[list[bytes]]:
-        cursor, step = "0", 0
-        while self._steps is None or step < self._steps:
-            cursor, names = self._client.scan(cursor, self._match, self._count)
-            step += 1
-            yield names
-            if cursor == "0":
-                return
-        self.truncated = True
 
 
 def count_keys(client: Any, prefix: bytes,

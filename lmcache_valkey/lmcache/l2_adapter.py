@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import functools
 import logging
 import math
@@ -47,11 +46,11 @@ from lmcache.v1.distributed.l2_adapters.base import L2AdapterInterface, L2TaskId
 from lmcache.v1.distributed.l2_adapters.config import L2AdapterConfigBase
 from lmcache.v1.platform import create_event_notifier
 
-from ..config import ClientConfig, Secret
 from ..errors import ClientClosedError, ConfigError, partial_results
 from ..factory import AnyClient, open_client
+from ..integration_options import IntegrationOptions
+from ..prefix_scan import PrefixScan
 from ..ratelimited_log import RateLimitedLog
-from ..server_stats import glob_escape
 
 if TYPE_CHECKING:
     from lmcache.v1.distributed.api import MemoryLayoutDesc
@@ -67,9 +66,11 @@ DEFAULT_KEY_PREFIX = "lmcache:"
 #: ``{"type": "lmcache_valkey", ...}`` form hands them to ``from_dict`` too).
 _LMCACHE_KEYS = frozenset({"type", "affinity_tag", "shared", "eviction",
                            "persist_enabled", "serde"})
-_ADAPTER_OPTIONS = frozenset({"url", "max_capacity_gb"})
-_CLIENT_OPTIONS = frozenset(f.name for f in dataclasses.fields(ClientConfig))
-VALID_OPTIONS = _ADAPTER_OPTIONS | _CLIENT_OPTIONS
+OPTIONS = IntegrationOptions(
+    owner="ValkeyL2Adapter", own=frozenset({"url", "max_capacity_gb"}),
+    key_prefix=DEFAULT_KEY_PREFIX, ttl_s=None,
+    missing_server=("url is required (e.g. valkey://127.0.0.1:6379), or host / unix_path, "
+                    "or VALKEY_HOST in the environment"))
 
 _KEY_SEP = "@"
 
@@ -147,8 +148,8 @@ class ValkeyL2AdapterConfig(L2AdapterConfigBase):
     ``url`` (``valkey://[user:password@]host:port[/db]``, ``redis://``, or
     ``unix:///path.sock``) is required unless ``host``/``unix_path`` or
     ``VALKEY_HOST`` give the server. ``key_prefix`` defaults to ``"lmcache:"``
-    (``""`` for none). ``ttl_s`` defaults to ``None``: keys never expire, so
-    the server's ``maxmemory-policy`` (e.g. ``allkeys-lru``) or LMCache's own
+    (``""`` for none). ``ttl_s`` defaults to ``None`` (as does ``0``): keys
+    never expire, so the server's ``maxmemory-policy`` (e.g. ``allkeys-lru``) or LMCache's own
     eviction (``max_capacity_gb`` > 0 plus an ``eviction`` block) must bound
     memory; with a TTL every store sets ``PX`` and every lookup hit renews it.
     ``max_capacity_gb`` (default 0 = no LMCache-driven global eviction) is the
@@ -166,28 +167,12 @@ class ValkeyL2AdapterConfig(L2AdapterConfigBase):
 
     def __init__(self, url: str | None = None, *, max_capacity_gb: float = 0.0,
                  **options: Any) -> None:
-        unknown = set(options) - _CLIENT_OPTIONS
-        if unknown:
-            raise ConfigError(f"unknown option(s) {sorted(unknown)}; "
-                              f"valid options are {sorted(VALID_OPTIONS)}")
-        if url is not None and not isinstance(url, str):
-            raise ConfigError(f"url must be a string, not {type(url).__name__}")
+        OPTIONS.check_names(options)  # url and max_capacity_gb are taken out already
         if (isinstance(max_capacity_gb, bool) or not isinstance(max_capacity_gb, (int, float))
                 or not max_capacity_gb >= 0):
-            raise ConfigError(f"max_capacity_gb must be a number >= 0, not {max_capacity_gb!r}")
-        options = dict(options)
-        options.setdefault("key_prefix", DEFAULT_KEY_PREFIX)
-        if options["key_prefix"] is None:
-            options["key_prefix"] = ""
-        if options.get("password") is not None and not isinstance(options["password"], Secret):
-            options["password"] = Secret(str(options["password"]))
-        # Validates every option (types, ranges, URL) with errors naming it.
-        self.client_config = ClientConfig.from_options(url or None, **options)
-        if self.client_config.embedded:
-            raise ConfigError("url is required (e.g. valkey://127.0.0.1:6379), "
-                              "or host / unix_path, or VALKEY_HOST in the environment")
-        self._url = Secret(url) if url else None  # may carry a password
-        self._options = options
+            raise ConfigError(f"{OPTIONS.owner}: max_capacity_gb must be a number >= 0, "
+                              f"not {max_capacity_gb!r}")
+        self.client_config = OPTIONS.client_config(url, options)
         self.max_capacity_gb = float(max_capacity_gb)
 
     # -- LMCache config protocol ------------------------------------------
@@ -197,10 +182,6 @@ class ValkeyL2AdapterConfig(L2AdapterConfigBase):
         if not isinstance(d, Mapping):
             raise ConfigError(f"adapter params must be a JSON object, not {type(d).__name__}")
         params = {k: v for k, v in d.items() if k not in _LMCACHE_KEYS}
-        unknown = set(params) - VALID_OPTIONS
-        if unknown:
-            raise ConfigError(f"unknown option(s) {sorted(unknown)}; "
-                              f"valid options are {sorted(VALID_OPTIONS)}")
         url = params.pop("url", None)
         max_capacity_gb = params.pop("max_capacity_gb", 0.0)
         return cls(url, max_capacity_gb=max_capacity_gb, **params)
@@ -214,7 +195,7 @@ class ValkeyL2AdapterConfig(L2AdapterConfigBase):
             "unix:///path.sock, or valkey+cluster://host:port[,host:port...] for a "
             "Valkey Cluster (required unless host/unix_path/VALKEY_HOST)\n"
             f"- key_prefix (str, default {DEFAULT_KEY_PREFIX!r}): prepended to every key\n"
-            "- ttl_s (float, default none = keys never expire): expiry of stored "
+            "- ttl_s (float, default none = keys never expire; 0 too): expiry of stored "
             "chunks; a lookup hit renews it\n"
             "- num_connections (int, default 2): connections/threads a batch is "
             "tiled across\n"
@@ -247,7 +228,7 @@ class ValkeyL2AdapterConfig(L2AdapterConfigBase):
 
     def create_client(self) -> AnyClient:
         """A ValkeyClient, or a ValkeyClusterClient for a cluster URL / cluster=true."""
-        return open_client(self._url.get() if self._url else None, **self._options)
+        return open_client(config=self.client_config)
 
     def __repr__(self) -> str:
         c = self.client_config
@@ -604,19 +585,18 @@ class ValkeyL2Adapter(L2AdapterInterface):
         """
         if page_size <= 0:
             raise ValueError(f"page_size must be positive (got {page_size})")
-        scan = "0" if cursor is None else str(cursor)
-        if not scan.replace(":", "").isdigit():  # "N" (one server) or "node:N" (cluster)
+        start = "0" if cursor is None else str(cursor)
+        if not start.replace(":", "").isdigit():  # "N" (one server) or "node:N" (cluster)
             raise ValueError(f"malformed cursor {cursor!r}")
         prefix = self._config.key_prefix
-        pattern = glob_escape(prefix)
-        if model_name is not None:
-            pattern += glob_escape(model_name.encode() + _KEY_SEP.encode())
-        pattern += b"*"
+        under = prefix if model_name is None else prefix + model_name.encode() + _KEY_SEP.encode()
+        # Bounded (64 steps): SCAN may return empty batches for a long while.
+        scan = PrefixScan(self._client, under, limit=64 * page_size, count=page_size,
+                          cursor=start)
         names: list[bytes] = []
-        for _ in range(64):  # bounded: SCAN may return empty batches
-            scan, found = self._client.scan(scan, pattern, page_size)
+        for found in scan:
             names.extend(found)
-            if scan == "0" or len(names) >= page_size:
+            if len(names) >= page_size:
                 break
         entries = []
         for name in names:
@@ -625,7 +605,8 @@ class ValkeyL2Adapter(L2AdapterInterface):
                 continue
             size = self._client.execute_on_key(name, "STRLEN", name)
             entries.append(KeyEntry(key=ekey, size_bytes=int(size)))
-        return KeyListPage(entries=tuple(entries), next_page_token=None if scan == "0" else scan)
+        token = None if scan.cursor == "0" else scan.cursor
+        return KeyListPage(entries=tuple(entries), next_page_token=token)
 
     def report_status(self) -> dict[str, Any]:
         usage = self.get_usage()

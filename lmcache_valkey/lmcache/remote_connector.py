@@ -60,11 +60,11 @@ from lmcache.v1.memory_management import MemoryObj
 from lmcache.v1.storage_backend.connector.base_connector import RemoteConnector
 
 from ..client import BatchResult
-from ..config import ClientConfig
 from ..errors import ConfigError, ValkeyError, ValkeyTimeoutError, partial_results
 from ..factory import AnyClient, open_client
+from ..integration_options import CLIENT_OPTIONS, IntegrationOptions
+from ..prefix_scan import PrefixScan
 from ..ratelimited_log import RateLimitedLog
-from ..server_stats import PrefixScan
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +72,10 @@ log = logging.getLogger(__name__)
 _MODULE_PATHS = frozenset({__name__, __name__.rpartition(".")[0]})
 #: Keys LMCache itself reads under ``remote_storage_plugin.<name>.``.
 _LOADER_KEYS = frozenset({"module_path", "class_name"})
-#: The connector's own options; the rest are ClientConfig's.
-_CONNECTOR_OPTIONS = frozenset({"url", "list_limit"})
-_CLIENT_OPTIONS = frozenset(
-    f for f in ClientConfig.__dataclass_fields__ if f not in ("host", "port", "unix_path"))
-_VALID_OPTIONS = _CONNECTOR_OPTIONS | _CLIENT_OPTIONS
+#: The connector's own options (the loader's keys are valid there too); the
+#: rest are ClientConfig's, except the address, which only ``url`` gives.
+_CONNECTOR_OPTIONS = frozenset({"url", "list_limit"}) | _LOADER_KEYS
+_CLIENT_OPTIONS = CLIENT_OPTIONS - {"host", "port", "unix_path"}
 
 DEFAULT_LIST_LIMIT = 10_000
 
@@ -171,7 +170,8 @@ class ValkeyRemoteConnector(RemoteConnector):
         self._save_unfull_chunk = bool(config.save_unfull_chunk)
         self._log = RateLimitedLog(log)
 
-        options = self._options(config, plugin_name)
+        spec = self._options_spec(plugin_name)
+        options = self._options(config, spec, plugin_name)
         url = options.pop("url", None)
         try:
             self._list_limit = int(options.pop("list_limit", DEFAULT_LIST_LIMIT))
@@ -180,13 +180,8 @@ class ValkeyRemoteConnector(RemoteConnector):
                               "integer") from None
         if (config.blocking_timeout_secs or 0) > 0:
             options.setdefault("op_timeout_s", config.blocking_timeout_secs)
-        client_config = ClientConfig.from_options(url, **options)
-        if client_config.embedded:
-            raise ConfigError(
-                f"set {plugin_option(plugin_name, 'url')} (valkey://host:port, "
-                "redis://host:port or unix:///path.sock) or VALKEY_HOST: the connector "
-                "does not start a server of its own")
-        self._client = open_client(url, **options)  # a cluster URL gives a cluster client
+        client_config = spec.client_config(url, options)
+        self._client = open_client(config=client_config)  # a cluster URL: a cluster client
         self._ttl_set = client_config.ttl_s is not None
         log.info("lmcache_valkey connector %r: %s, key_prefix=%r, ttl_s=%s, "
                  "num_connections=%d, chunk=%d bytes", plugin_name,
@@ -230,17 +225,25 @@ class ValkeyRemoteConnector(RemoteConnector):
                 plugin_option(plugin_name, "url"))
 
     @staticmethod
-    def _options(config: LMCacheEngineConfig, plugin_name: str) -> dict[str, Any]:
+    def _options_spec(plugin_name: str) -> IntegrationOptions:
+        return IntegrationOptions(
+            owner=f"lmcache_valkey connector {plugin_name!r}", own=_CONNECTOR_OPTIONS,
+            client=_CLIENT_OPTIONS, key_prefix="", ttl_s=None, where="extra_config",
+            missing_server=(f"set {plugin_option(plugin_name, 'url')} (valkey://host:port, "
+                            "redis://host:port or unix:///path.sock) or VALKEY_HOST: the "
+                            "connector does not start a server of its own"))
+
+    @staticmethod
+    def _options(config: LMCacheEngineConfig, spec: IntegrationOptions,
+                 plugin_name: str) -> dict[str, Any]:
+        """The options under ``remote_storage_plugin.<name>.``, checked, less
+        the loader's keys."""
         head = plugin_option(plugin_name, "")
-        options = {
-            k[len(head):]: v for k, v in (config.extra_config or {}).items()
-            if isinstance(k, str) and k.startswith(head) and k[len(head):] not in _LOADER_KEYS
-        }
-        unknown = sorted(set(options) - _VALID_OPTIONS)
-        if unknown:
-            raise ConfigError(
-                f"unknown option(s) {[head + u for u in unknown]}; valid options under "
-                f"{head!r} are {sorted(_VALID_OPTIONS | _LOADER_KEYS)}")
+        options = {k[len(head):]: v for k, v in (config.extra_config or {}).items()
+                   if isinstance(k, str) and k.startswith(head)}
+        spec.check_names(options, shown_under=head)
+        for key in _LOADER_KEYS:
+            options.pop(key, None)
         if "password" in options:
             log.warning("%s is printed by LMCache's configuration log; prefer the "
                         "VALKEY_PASSWORD environment variable", head + "password")

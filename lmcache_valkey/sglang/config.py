@@ -14,9 +14,10 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from ..config import ClientConfig, integration_client_config
+from ..config import ClientConfig
 from ..errors import ConfigError
 from ..factory import AnyClient, open_client
+from ..integration_options import IntegrationOptions
 from ..server_stats import DEFAULT_SCAN_LIMIT
 
 DEFAULT_KEY_PREFIX = "hicache:"
@@ -29,9 +30,13 @@ SGLANG_KEYS = frozenset({
     "prefetch_threshold", "prefetch_timeout_base", "prefetch_timeout_per_ki_token",
     "hicache_storage_pass_prefix_keys",
 })
-_BACKEND_OPTIONS = frozenset({"url", "scan_limit"})
-_CLIENT_OPTIONS = frozenset(f.name for f in dataclasses.fields(ClientConfig))
-VALID_OPTIONS = _BACKEND_OPTIONS | _CLIENT_OPTIONS
+OPTIONS = IntegrationOptions(
+    owner="ValkeyHiCacheStorage", own=frozenset({"url", "scan_limit"}),
+    key_prefix=DEFAULT_KEY_PREFIX, ttl_s=DEFAULT_TTL_S,
+    where="--hicache-storage-backend-extra-config",
+    missing_server=("set \"url\" in --hicache-storage-backend-extra-config (e.g. "
+                    "valkey://10.0.0.5:6379) or VALKEY_HOST in SGLang's environment; every "
+                    "instance must name the same server to share KV pages."))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,23 +53,14 @@ class HiCacheValkeyConfig:
             raise ConfigError(f"ValkeyHiCacheStorage: the extra config must be a JSON object, "
                               f"not {type(extra).__name__}")
         options = {k: v for k, v in (extra or {}).items() if k not in SGLANG_KEYS}
-        unknown = set(options) - VALID_OPTIONS
-        if unknown:
-            raise ConfigError(f"ValkeyHiCacheStorage: unknown option(s) {sorted(unknown)} in "
-                              f"--hicache-storage-backend-extra-config; valid options are "
-                              f"{sorted(VALID_OPTIONS)}")
+        OPTIONS.check_names(options)
         url = options.pop("url", None)
         scan_limit = options.pop("scan_limit", DEFAULT_SCAN_LIMIT)
         if isinstance(scan_limit, bool) or not isinstance(scan_limit, int) or scan_limit < 1:
             raise ConfigError(f"ValkeyHiCacheStorage: scan_limit must be an integer >= 1, "
                               f"not {scan_limit!r}")
-        client_config = integration_client_config(
-            "ValkeyHiCacheStorage", url, options, key_prefix=DEFAULT_KEY_PREFIX,
-            ttl_s=DEFAULT_TTL_S, env=env, missing_server=(
-                "set \"url\" in --hicache-storage-backend-extra-config (e.g. "
-                "valkey://10.0.0.5:6379) or VALKEY_HOST in SGLang's environment; every "
-                "instance must name the same server to share KV pages."))
-        return cls(client_config=client_config, scan_limit=scan_limit)
+        return cls(client_config=OPTIONS.client_config(url, options, env),
+                   scan_limit=scan_limit)
 
     def create_client(self) -> AnyClient:
         """A ValkeyClient, or a cluster client for a cluster URL / cluster=true."""

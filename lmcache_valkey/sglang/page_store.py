@@ -34,8 +34,9 @@ from typing import Any, TypeVar
 
 from ..buffers import as_native_buffer, buffer_nbytes
 from ..errors import partial_results
+from ..prefix_delete import delete_prefix
 from ..ratelimited_log import RateLimitedLog
-from ..server_stats import ServerFacts, glob_escape, server_stats
+from ..server_stats import ServerFacts, server_stats
 from .config import HiCacheValkeyConfig
 from .keys import page_namespace
 from .page_memory import PoolMemory, value_nbytes
@@ -302,23 +303,11 @@ class ValkeyPageStore:
         """Remove this rank's pages (``SCAN`` + ``UNLINK`` of its key
         namespace only; never ``KEYS``/``FLUSHALL``). Returns how many."""
         try:
-            return self._unlink_namespace()
+            prefix = self.config.client_config.key_prefix + self.namespace.encode()
+            return delete_prefix(self.client, prefix, batch=_UNLINK_BATCH, recount=False).deleted
         except Exception as e:
             self._log.warning("clear", "ValkeyHiCacheStorage.clear failed: %s", e)
             return 0
-
-    def _unlink_namespace(self) -> int:
-        match = glob_escape(self.config.client_config.key_prefix + self.namespace.encode()) + b"*"
-        cluster = hasattr(self.client, "execute_on_all")
-        removed, cursor = 0, "0"
-        while True:
-            cursor, names = self.client.scan(cursor, match, _UNLINK_BATCH)
-            if cluster:  # each key on the node that owns its slot
-                removed += sum(int(self.client.execute_on_key(n, "UNLINK", n)) for n in names)
-            elif names:
-                removed += int(self.client.execute("UNLINK", *names))
-            if cursor == "0":
-                return removed
 
     def close(self) -> None:
         self.client.close()

@@ -16,8 +16,10 @@ import os
 from collections.abc import Mapping
 from typing import Any, Literal, get_args
 
-from ..config import ClientConfig, Secret, integration_client_config
+from ..config import ClientConfig
 from ..errors import ConfigError
+from ..factory import AnyClient, open_client
+from ..integration_options import IntegrationOptions
 
 DEFAULT_KEY_PREFIX = "vllm:kv:"
 DEFAULT_TTL_S = 3600.0
@@ -33,10 +35,13 @@ _NUMBERS: dict[str, tuple[float, float | None, str]] = {
     "drain_timeout_s": (10.0, 0.0, "a number >= 0"),
 }
 _STAGING = ("auto", "force")
-_CONNECTOR_OPTIONS = frozenset({"url", "load_failure_policy", "namespace_extra", "staging",
-                                *_NUMBERS})
-_CLIENT_OPTIONS = frozenset(f.name for f in dataclasses.fields(ClientConfig))
-VALID_OPTIONS = _CONNECTOR_OPTIONS | _CLIENT_OPTIONS
+OPTIONS = IntegrationOptions(
+    owner="ValkeyConnector",
+    own=frozenset({"url", "load_failure_policy", "namespace_extra", "staging", *_NUMBERS}),
+    key_prefix=DEFAULT_KEY_PREFIX, ttl_s=DEFAULT_TTL_S, where="kv_connector_extra_config",
+    missing_server=("set kv_connector_extra_config.url (e.g. valkey://127.0.0.1:6379) or "
+                    "VALKEY_HOST in vLLM's environment. Start one with `lmcache-valkey server "
+                    "--port 6379`; every replica must name the same server to share KV."))
 LoadFailurePolicy = Literal["recompute", "fail"]  # vLLM's kv_load_failure_policy
 _FAILURE_POLICIES: tuple[LoadFailurePolicy, ...] = get_args(LoadFailurePolicy)
 
@@ -46,8 +51,6 @@ class ConnectorConfig:
     """The connector's own options plus a validated client config."""
 
     client_config: ClientConfig
-    url: Secret | None
-    client_options: Mapping[str, Any]
     load_failure_policy: LoadFailurePolicy = "recompute"
     namespace_extra: str = ""
     staging: str = "auto"
@@ -61,10 +64,7 @@ class ConnectorConfig:
     def from_extra_config(cls, extra: Mapping[str, Any] | None,
                           env: Mapping[str, str] | None = None) -> ConnectorConfig:
         extra = dict(extra or {})
-        unknown = set(extra) - VALID_OPTIONS
-        if unknown:
-            raise ConfigError(f"ValkeyConnector: unknown kv_connector_extra_config option(s) "
-                              f"{sorted(unknown)}; valid options are {sorted(VALID_OPTIONS)}")
+        OPTIONS.check_names(extra)
         url = extra.pop("url", None)
         policy = extra.pop("load_failure_policy", "recompute")
         if policy not in _FAILURE_POLICIES:
@@ -80,20 +80,13 @@ class ConnectorConfig:
                    for name, (default, minimum, need) in _NUMBERS.items()}
         for name in ("staging_bytes", "chunk_bytes"):
             numbers[name] = int(numbers[name])
-        client_config = integration_client_config(
-            "ValkeyConnector", url, extra, key_prefix=DEFAULT_KEY_PREFIX, ttl_s=DEFAULT_TTL_S,
-            env=env, missing_server=(
-                "set kv_connector_extra_config.url (e.g. valkey://127.0.0.1:6379) or "
-                "VALKEY_HOST in vLLM's environment. Start one with `lmcache-valkey server "
-                "--port 6379`; every replica must name the same server to share KV."))
-        return cls(client_config=client_config, url=Secret(url) if url else None,
-                   client_options=extra, load_failure_policy=policy,
-                   namespace_extra=namespace_extra, staging=staging, **numbers)
+        return cls(client_config=OPTIONS.client_config(url, extra, env),
+                   load_failure_policy=policy, namespace_extra=namespace_extra,
+                   staging=staging, **numbers)
 
-    def create_client(self) -> Any:
-        from ..factory import open_client  # a cluster URL gives a cluster client
-
-        return open_client(self.url.get() if self.url else None, **self.client_options)
+    def create_client(self) -> AnyClient:
+        """A ValkeyClient, or a cluster client for a cluster URL / cluster=true."""
+        return open_client(config=self.client_config)
 
     def __repr__(self) -> str:  # no secrets
         c = self.client_config
