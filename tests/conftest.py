@@ -133,7 +133,7 @@ def raw(server: EmbeddedValkey):
 def model_dir(tmp_path_factory):
     """The tiny local Llama (random weights, local tokenizer) that the
     in-process connector tests configure vLLM with."""
-    from lmcache_valkey.vllm.tiny_llama import TEST_TINY, build_tiny_llama
+    from lmcache_valkey.testkit.tiny_llama import TEST_TINY, build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), **TEST_TINY)
 

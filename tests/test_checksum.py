@@ -345,7 +345,7 @@ def test_vllm_connector_reports_a_corrupted_block_for_recompute(server, raw, tmp
     from test_vllm_connector import computed_before_step, run_prefill, tokens
     from vllm_fixtures import BLOCK, Worker, vllm_config
 
-    from lmcache_valkey.vllm.tiny_llama import TEST_TINY, build_tiny_llama
+    from lmcache_valkey.testkit.tiny_llama import TEST_TINY, build_tiny_llama
 
     model_dir = build_tiny_llama(tmp_path / "tiny-llama", **TEST_TINY)
     extra = {"url": server.url, "key_prefix": f"ck:{tmp_path.name}:", "checksum": "xxh3"}

@@ -302,7 +302,7 @@ def test_killed_primary_fails_only_its_keys_then_recovers(fresh_cluster, make_cl
 
 
 def test_reads_from_replicas():
-    from lmcache_valkey.cluster.local import start_local_cluster
+    from lmcache_valkey.testkit.local_cluster import start_local_cluster
 
     with start_local_cluster(1, replicas=1) as cl:
         replica = cl.replicas[0]
