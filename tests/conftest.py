@@ -13,8 +13,12 @@ LMCACHE_VALKEY_REQUIRE_SERVERS=1 (CI) makes it a failure. test_client.py
 runs over every transport too, through `endpoint`: each server over TCP,
 and the unix socket and TLS on one server each (CONTRACT_ENDPOINTS).
 
-Every other fixture module is registered here (`pytest_plugins`), and only
-here: test modules take fixtures by name, never import them.
+Fixtures live here and in the modules registered below (`pytest_plugins`,
+only here), which import what they need lazily, so that every venv loads
+them. Test modules take fixtures by name and never import them, nor
+anything from another test module: shared helpers are plain modules
+(lmcache_harness.py, vllm_harness.py, sglang_harness.py, tls_fixtures.py's
+servers, shared_keyspace.py, server_pressure.py, fault_proxy.py).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from lmcache_valkey.embedded import EmbeddedServerError, server_binary
 pytest_plugins = [
     "cluster_fixtures",   # cluster, fresh_cluster, make_cluster_client
     "tls_fixtures",       # tls_certs, tls_server
+    "lmcache_fixtures",   # alloc, make_adapter, loop, make_lm
 ]
 
 #: The servers the client contract runs against (embedded.SERVER_KINDS).
@@ -206,3 +211,16 @@ def extra(server, request) -> dict[str, Any]:
     """``kv_connector_extra_config`` on the shared server, with a key prefix
     of its own per test: tests never see each other's blocks."""
     return {"url": server.url, "key_prefix": f"t:{request.node.name}:"}
+
+
+# -- the SGLang HiCache tests (test_sglang_hicache.py uses it for each test) --
+
+
+@pytest.fixture
+def single_rank() -> Iterator[None]:
+    """The parallel widths a one-GPU SGLang server publishes at start-up."""
+    from sglang.srt.runtime_context import get_parallel
+
+    with get_parallel().override(attn_dcp_size=1, attn_dcp_rank=0, tp_rank=0, tp_size=1,
+                                 pp_rank=0, pp_size=1):
+        yield

@@ -26,8 +26,6 @@ from lmcache_valkey import (
 )
 from lmcache_valkey.cluster import crc16, hash_tag, key_slot
 
-pytest_plugins = ["cluster_fixtures"]  # cluster, fresh_cluster, make_cluster_client
-
 MiB = 1 << 20
 
 
@@ -333,7 +331,7 @@ def test_reads_from_replicas():
 def test_lmcache_l2_adapter_accepts_a_cluster_url(cluster):
     pytest.importorskip("lmcache")
     torch = pytest.importorskip("torch")
-    from test_lmcache_l2_adapter import Runner, _keys
+    from lmcache_harness import Runner, _keys
 
     from lmcache_valkey.lmcache import ValkeyL2Adapter, ValkeyL2AdapterConfig
 
