@@ -22,6 +22,8 @@ import pytest
 from lmcache_valkey import BatchResult, CompletionQueue, ConfigError, ProtocolError, ValkeyClient
 from lmcache_valkey.errors import ClientClosedError
 
+pytestmark = pytest.mark.engine
+
 MiB = 1 << 20
 SIZES = [0, 1, 4096, 4 << 20, (7 << 20) + 3]
 

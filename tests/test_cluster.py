@@ -26,6 +26,8 @@ from lmcache_valkey import (
 )
 from lmcache_valkey.cluster import crc16, hash_tag, key_slot
 
+pytestmark = pytest.mark.engine
+
 MiB = 1 << 20
 
 

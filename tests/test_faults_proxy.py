@@ -25,7 +25,7 @@ from tls_fixtures import TlsRedisServer
 
 from lmcache_valkey import ClientClosedError, ValkeyConnectionError, ValkeyTimeoutError
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(60)]
 
 VALUE = 1 << 20
 N_KEYS = 16          # 16 MiB per batch: tiled across both connections

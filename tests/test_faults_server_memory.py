@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from server_pressure import ALLKEYS_LRU, NOEVICTION, admin, evict, fill_until_oom, make_room, pressure
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(60)]
 
 SIZE = 128 * 1024
 
