@@ -17,7 +17,7 @@ Fixtures live here and in the modules registered below (`pytest_plugins`,
 only here), which import what they need lazily, so that every venv loads
 them. Test modules take fixtures by name and never import them, nor
 anything from another test module: shared helpers are plain modules
-(lmcache_harness.py, vllm_harness.py, sglang_harness.py, tls_fixtures.py's
+(lmcache_helpers.py, vllm_harness.py, sglang_harness.py, tls_fixtures.py's
 servers, shared_keyspace.py, server_pressure.py, fault_proxy.py).
 """
 

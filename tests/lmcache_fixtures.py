@@ -3,7 +3,7 @@ adapters, and LMCache's storage backends on an event-loop thread.
 
 conftest.py registers this module for every test; LMCache, torch and PyYAML
 are imported only when a fixture is used, so that venvs without them (ASan,
-SGLang) load it too. The helpers they build on are in lmcache_harness.py.
+SGLang) load it too. The helpers they build on are in lmcache_helpers.py.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def alloc() -> Iterator[Callable[..., list[Any]]]:
     """LMCache's TensorMemoryAllocator over a CPU tensor; objects fill/zero."""
     import torch
     from lmcache.v1.memory_allocators.tensor_memory_allocator import TensorMemoryAllocator
-    from lmcache_harness import SHAPE
+    from lmcache_helpers import SHAPE
 
     allocator = TensorMemoryAllocator(torch.zeros(32 << 20, dtype=torch.uint8))
     made: list[Any] = []
@@ -86,7 +86,7 @@ def make_lm(tmp_path: Path, loop: asyncio.AbstractEventLoop) -> Iterator[Callabl
     LMCache itself reads, with our connector as a remote storage plugin."""
     yaml = pytest.importorskip("yaml")
     from lmcache.v1.config import LMCacheEngineConfig
-    from lmcache_harness import CHUNK_TOKENS, PLUGIN, Lm
+    from lmcache_helpers import CHUNK_TOKENS, PLUGIN, Lm
 
     made: list[Lm] = []
 

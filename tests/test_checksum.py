@@ -305,7 +305,7 @@ def test_lmcache_l2_adapter_turns_a_corrupted_chunk_into_a_failed_load(server, p
     pytest.importorskip("lmcache")
     torch = pytest.importorskip("torch")
     from lmcache.v1.memory_allocators.tensor_memory_allocator import TensorMemoryAllocator
-    from lmcache_harness import SHAPE, Runner, _bytes, _keys
+    from lmcache_helpers import SHAPE, Runner, _bytes, _keys
 
     from lmcache_valkey.lmcache import ValkeyL2Adapter, ValkeyL2AdapterConfig
     from lmcache_valkey.lmcache.l2_adapter import encode_object_key

@@ -333,7 +333,7 @@ def test_reads_from_replicas():
 def test_lmcache_l2_adapter_accepts_a_cluster_url(cluster):
     pytest.importorskip("lmcache")
     torch = pytest.importorskip("torch")
-    from lmcache_harness import Runner, _keys
+    from lmcache_helpers import Runner, _keys
 
     from lmcache_valkey.lmcache import ValkeyL2Adapter, ValkeyL2AdapterConfig
 

@@ -10,7 +10,7 @@ adapter (multiprocess mode) and the remote connector (LMCache in vLLM).
 
 Real servers with a small maxmemory; the evictions are the server's own
 (tests/server_pressure.py). The adapters are driven with the helpers and
-fixtures their own tests use (lmcache_harness.py, lmcache_fixtures.py).
+fixtures their own tests use (lmcache_helpers.py, lmcache_fixtures.py).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from lmcache.v1.distributed.bitmap_ops.fold import (  # noqa: E402
     FULL_ATTENTION_WINDOW,
     fold_unfold_grouped,
 )
-from lmcache_harness import (  # noqa: E402
+from lmcache_helpers import (  # noqa: E402
     BIG_SHAPE,
     Runner,
     _bytes,

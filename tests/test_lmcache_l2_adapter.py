@@ -26,7 +26,7 @@ from lmcache.v1.distributed.l2_adapters import create_l2_adapter  # noqa: E402
 from lmcache.v1.distributed.l2_adapters.config import (  # noqa: E402
     parse_args_to_l2_adapters_config,
 )
-from lmcache_harness import BIG_SHAPE, SHAPE, Runner, _bytes, _keys  # noqa: E402
+from lmcache_helpers import BIG_SHAPE, SHAPE, Runner, _bytes, _keys  # noqa: E402
 
 from lmcache_valkey.lmcache import ValkeyL2Adapter, ValkeyL2AdapterConfig, register  # noqa: E402
 from lmcache_valkey.lmcache.l2_adapter import encode_object_key  # noqa: E402

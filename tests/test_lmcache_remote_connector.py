@@ -30,7 +30,7 @@ torch = pytest.importorskip("torch")
 yaml = pytest.importorskip("yaml")
 
 from lmcache.v1.config import LMCacheEngineConfig  # noqa: E402
-from lmcache_harness import (  # noqa: E402
+from lmcache_helpers import (  # noqa: E402
     CHUNK_BYTES,
     CHUNK_TOKENS,
     MODULE,
