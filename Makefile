@@ -37,20 +37,21 @@ fuzz: $(STAMP)                 ## the million-input RESP fuzz run, figures print
 	$(BIN)/pytest -m fuzz -s tests/test_fuzz.py $(ARGS)
 
 # AddressSanitizer: the extension built with -fsanitize=address into its own
-# venv (no torch or vLLM: these tests need neither), then the parser, engine
-# and batch tests and the quick fuzz under it. Python is not instrumented, so
-# libasan is preloaded; PYTHONMALLOC=malloc gives every Python buffer its own
-# malloc block, whose bounds ASan then knows; and no single allocation may
-# exceed 1 GiB (a reply claiming gigabytes must never get them).
+# venv (no torch or vLLM: these tests need neither), then the tests marked
+# `engine` under it (parser, engine and batch path, faults, hostile input, the
+# quick fuzz: the same selection as CI's debug build). Python is not
+# instrumented, so libasan is preloaded; PYTHONMALLOC=malloc gives every
+# Python buffer its own malloc block, whose bounds ASan then knows; and no
+# single allocation may exceed 1 GiB (a reply claiming gigabytes must never
+# get them). ASAN_TESTS narrows the paths, e.g. ASAN_TESTS=tests/test_parser.py.
 ASAN_VENV    := .venv-asan
 ASAN_OPTS    := detect_leaks=0:abort_on_error=1:halt_on_error=1:max_allocation_size_mb=1024
-ASAN_TESTS   ?= tests/test_parser.py tests/test_fake_server.py tests/test_client.py \
-                tests/test_fuzz.py tests/test_hostile_input.py tests/test_faults_concurrency.py
+ASAN_TESTS   ?= tests
 
-asan: $(ASAN_VENV)/.installed  ## parser, engine and batch tests + quick fuzz under ASan
+asan: $(ASAN_VENV)/.installed  ## the engine tests (marker `engine`, quick fuzz included) under ASan
 	LD_PRELOAD=$$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=$(ASAN_OPTS) \
-	    PYTHONMALLOC=malloc PYTHONPATH= $(ASAN_VENV)/bin/pytest -m "not slow and not bench and not fuzz" \
-	    $(ASAN_TESTS) $(ARGS)
+	    PYTHONMALLOC=malloc PYTHONPATH= $(ASAN_VENV)/bin/pytest \
+	    -m "engine and not slow and not bench and not fuzz" $(ASAN_TESTS) $(ARGS)
 
 $(ASAN_VENV)/.installed: $(SOURCES)
 	@test -e "$$(gcc -print-file-name=libasan.so)" || { echo "no libasan.so for gcc"; exit 1; }

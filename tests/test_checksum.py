@@ -13,16 +13,11 @@ import sys
 
 import numpy as np
 import pytest
-import tls_fixtures
 
 from lmcache_valkey import ValkeyClient
 from lmcache_valkey.config import ClientConfig
 from lmcache_valkey.errors import ConfigError, IntegrityError, ValkeyConnectionError
 from lmcache_valkey.integrity import TRAILER_LEN, Checksum
-
-pytest_plugins = ["cluster_fixtures"]  # cluster, fresh_cluster, make_cluster_client
-tls_certs = tls_fixtures.tls_certs
-tls_server = tls_fixtures.tls_server
 
 MiB = 1 << 20
 SIZES = [0, 1, 4 * MiB, 7 * MiB + 3]
@@ -310,7 +305,7 @@ def test_lmcache_l2_adapter_turns_a_corrupted_chunk_into_a_failed_load(server, p
     pytest.importorskip("lmcache")
     torch = pytest.importorskip("torch")
     from lmcache.v1.memory_allocators.tensor_memory_allocator import TensorMemoryAllocator
-    from test_lmcache_l2_adapter import SHAPE, Runner, _bytes, _keys
+    from lmcache_helpers import SHAPE, Runner, _bytes, _keys
 
     from lmcache_valkey.lmcache import ValkeyL2Adapter, ValkeyL2AdapterConfig
     from lmcache_valkey.lmcache.l2_adapter import encode_object_key
@@ -342,10 +337,9 @@ def test_lmcache_l2_adapter_turns_a_corrupted_chunk_into_a_failed_load(server, p
 
 def test_vllm_connector_reports_a_corrupted_block_for_recompute(server, raw, tmp_path):
     pytest.importorskip("vllm")
-    from test_vllm_connector import computed_before_step, run_prefill, tokens
-    from vllm_fixtures import BLOCK, Worker, vllm_config
+    from vllm_harness import BLOCK, Worker, computed_before_step, run_prefill, tokens, vllm_config
 
-    from lmcache_valkey.vllm.tiny_llama import TEST_TINY, build_tiny_llama
+    from lmcache_valkey.testkit.tiny_llama import TEST_TINY, build_tiny_llama
 
     model_dir = build_tiny_llama(tmp_path / "tiny-llama", **TEST_TINY)
     extra = {"url": server.url, "key_prefix": f"ck:{tmp_path.name}:", "checksum": "xxh3"}

@@ -1,31 +1,65 @@
 """The client contract against a real Valkey: exact bytes, misses, sizes,
-per-key errors, prefixes, TTLs, buffers of every kind, futures and asyncio.
+per-key errors, prefixes, TTLs, buffers of every kind, windows, futures and
+asyncio.
 
-Every test here runs against each server of conftest.CONTRACT_SERVERS
-(Valkey 9.1, Valkey 8.1, Redis 7): `server` is overridden below, so the
-shared `client` and `raw` fixtures talk to each in turn."""
+Every test here runs over each of conftest.CONTRACT_ENDPOINTS: each server
+(Valkey 9.1, Valkey 8.1, Redis 7) over TCP, and the unix socket and TLS
+(Debian's redis-server 7, tls_fixtures.py) on one server each. `client` and
+`raw` are overridden below so that they talk to each endpoint in turn:
+`client` through its transport, `raw` (valkey-py) through a plain TCP port
+of the same server. TLS-only behaviour (certificates, handshakes, aborts) is
+in test_tls.py."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import selectors
 
 import numpy as np
 import pytest
 
-from lmcache_valkey import BatchResult, CompletionQueue, ConfigError, ValkeyClient
+from lmcache_valkey import BatchResult, CompletionQueue, ConfigError, ProtocolError, ValkeyClient
 from lmcache_valkey.errors import ClientClosedError
 
+pytestmark = pytest.mark.engine
+
+MiB = 1 << 20
 SIZES = [0, 1, 4096, 4 << 20, (7 << 20) + 3]
 
 
 @pytest.fixture
-def server(contract_server):
-    return contract_server
+def server_kind(endpoint) -> str:
+    return endpoint.kind
+
+
+@pytest.fixture
+def client(connect, prefix: str) -> ValkeyClient:
+    return connect(key_prefix=prefix)
+
+
+@pytest.fixture
+def raw(endpoint):
+    """A second, independent client (valkey-py) on a plain TCP port of the
+    endpoint's server, to look at what the client did."""
+    valkey = pytest.importorskip("valkey")
+    r = valkey.Valkey(host=endpoint.raw_host, port=endpoint.raw_port)
+    yield r
+    r.close()
 
 
 def payload(size: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8)
+
+
+@functools.cache
+def mib_values() -> tuple[np.ndarray, ...]:
+    """64 distinct 1 MiB values, made once (a third of a second) for the
+    windowing test's runs over every endpoint; read-only, so none can change."""
+    values = tuple(payload(MiB, seed=i) for i in range(64))
+    for v in values:
+        v.flags.writeable = False
+    return values
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -90,6 +124,27 @@ def test_two_thousand_key_batches(client: ValkeyClient) -> None:
     assert client.batch_exists(keys[998:1002]) == [False, False, True, True]
 
 
+@pytest.mark.parametrize("max_inflight_bytes", [64 * MiB, 3 * MiB])
+def test_64_values_of_1mib_are_windowed(connect, prefix, max_inflight_bytes: int) -> None:
+    # 3 MiB in flight: windows of one 1 MiB value, 64 of them.
+    c = connect(key_prefix=prefix, num_connections=1, max_inflight_bytes=max_inflight_bytes)
+    keys = [f"w{i}" for i in range(64)]
+    values = mib_values()
+    assert c.batch_set(keys, values) == [True] * 64
+    dests = [np.zeros(MiB, np.uint8) for _ in keys]
+    assert c.batch_get_into(keys, dests) == [MiB] * 64
+    for v, d in zip(values, dests, strict=True):
+        assert np.array_equal(v, d)
+
+
+def test_max_bulk_len_refusal_is_a_protocol_error(connect, prefix) -> None:
+    c = connect(key_prefix=prefix, max_bulk_len=1000)
+    c.batch_set(["big"], [bytes(5000)])
+    with pytest.raises(ProtocolError, match="max_bulk_len"):
+        c.batch_get_into(["big"], [bytearray(5000)])
+    assert c.batch_exists(["big"]) == [True]  # a fresh connection replaces the failed one
+
+
 def test_scatter_list_destinations_and_sources(client: ValkeyClient) -> None:
     value = payload(3 * 4096 + 17, 5)
     segments = [value[:4096], value[4096:3 * 4096], value[3 * 4096:]]
@@ -97,6 +152,14 @@ def test_scatter_list_destinations_and_sources(client: ValkeyClient) -> None:
     dest = [bytearray(100), np.zeros(20_000, np.uint8)]
     assert client.batch_get_into(["s"], [dest]) == [value.size]
     assert bytes(dest[0]) + dest[1][: value.size - 100].tobytes() == value.tobytes()
+
+
+def test_scatter_list_values_are_sent_in_order(client: ValkeyClient) -> None:
+    parts = [payload(n, seed=n) for n in (5, 0, 40_000, 3 * MiB)]
+    assert client.batch_set(["s"], [parts]) == [True]
+    dest = bytearray(sum(p.size for p in parts))
+    assert client.batch_get_into(["s"], [dest]) == [len(dest)]
+    assert dest == b"".join(p.tobytes() for p in parts)
 
 
 @pytest.mark.parametrize("kind", ["bytearray", "memoryview", "numpy"])
@@ -108,6 +171,26 @@ def test_destination_kinds(client: ValkeyClient, kind: str) -> None:
     dest = make()
     assert client.batch_get_into(["k"], [dest]) == [11]
     assert bytes(dest) == b"hello world"
+
+
+def test_destinations_of_every_kind_and_misses(client: ValkeyClient) -> None:
+    value = payload(300_000, 7)
+    assert client.batch_set(["v", "w"], [value, b"hello"]) == [True, True]
+    as_bytearray = bytearray(300_000)
+    as_numpy = np.zeros((300, 1000), np.uint8)
+    as_floats = np.zeros(75_000, np.float32)  # any dtype: bytes are bytes
+    segs = [bytearray(1000), np.zeros(0, np.uint8), np.zeros(99_000, np.uint8),
+            memoryview(bytearray(250_000))]
+    result = client.batch_get_into(
+        ["v", "v", "v", "v", "absent", "w"],
+        [as_bytearray, as_numpy, as_floats, segs, bytearray(4), bytearray(5)])
+    assert result == [300_000] * 4 + [None, 5]
+    assert result.errors == {} and result.too_large == {}
+    assert as_bytearray == value.tobytes()
+    assert as_numpy.tobytes() == value.tobytes()
+    assert as_floats.tobytes() == value.tobytes()
+    scattered = b"".join(bytes(s) for s in segs)
+    assert scattered[:300_000] == value.tobytes() and not any(scattered[300_000:])
 
 
 def test_read_only_destination_is_refused(client: ValkeyClient) -> None:
@@ -134,8 +217,8 @@ def test_non_contiguous_tensor_is_refused(client: ValkeyClient) -> None:
         client.batch_get_into(["t"], [torch.empty(8, 8).t()])
 
 
-def test_prefix_and_ttl_are_visible_to_another_client(server, make_client, raw, prefix) -> None:
-    c = make_client(server.url, key_prefix=prefix, ttl_s=120)
+def test_prefix_and_ttl_are_visible_to_another_client(connect, raw, prefix) -> None:
+    c = connect(key_prefix=prefix, ttl_s=120)
     c.batch_set(["a", b"b"], [b"1", b"2"])
     assert raw.get(prefix + "a") == b"1" and raw.get(prefix + "b") == b"2"
     assert 110 <= raw.ttl(prefix + "a") <= 120
@@ -148,15 +231,14 @@ def test_no_ttl_means_no_expiry(client: ValkeyClient, raw, prefix: str) -> None:
     assert raw.ttl(prefix + "forever") == -1
 
 
-def test_fractional_ttl_uses_milliseconds(server, make_client, raw, prefix) -> None:
-    c = make_client(server.url, key_prefix=prefix, ttl_s=1.5)
+def test_fractional_ttl_uses_milliseconds(connect, raw, prefix) -> None:
+    c = connect(key_prefix=prefix, ttl_s=1.5)
     c.batch_set(["k"], [b"x"])
     assert 1000 < raw.pttl(prefix + "k") <= 1500
 
 
-def test_exists_with_refresh_ttl_renews_only_present_keys(server, make_client, raw,
-                                                          prefix) -> None:
-    c = make_client(server.url, key_prefix=prefix, ttl_s=100)
+def test_exists_with_refresh_ttl_renews_only_present_keys(connect, raw, prefix) -> None:
+    c = connect(key_prefix=prefix, ttl_s=100)
     c.batch_set(["a", "b"], [b"1", b"2"])
     raw.pexpire(prefix + "a", 5_000)
     raw.pexpire(prefix + "b", 5_000)
@@ -174,14 +256,25 @@ def test_refresh_ttl_without_a_ttl_is_a_plain_exists(client: ValkeyClient, raw,
     assert raw.ttl(prefix + "k") == -1
 
 
+def test_set_with_ttl_exists_touch_delete(connect, prefix) -> None:
+    c = connect(key_prefix=prefix, ttl_s=100)
+    assert c.batch_set(["a", "b"], [b"1", b"2"]) == [True, True]
+    pttl = c.execute("PTTL", prefix + "a")
+    assert 90_000 < pttl <= 100_000
+    c.execute("PEXPIRE", prefix + "a", 5_000)
+    assert c.batch_exists(["a", "b", "zz"], refresh_ttl=True) == [True, True, False]
+    assert c.execute("PTTL", prefix + "a") > 90_000  # touched back to the full TTL
+    assert c.batch_exists(["a", "zz"]) == [True, False]
+    assert c.batch_delete(["a", "zz"]) == [1, 0]
+    assert c.batch_exists(["a", "b"]) == [False, True]
+
+
 async def _aexists(c: ValkeyClient) -> list[bool]:
     return await c.abatch_exists(["a", "zz"], refresh_ttl=True)
 
 
-def test_async_exists_passes_refresh_ttl(server, make_client, raw, prefix) -> None:
-    import asyncio
-
-    c = make_client(server.url, key_prefix=prefix, ttl_s=100)
+def test_async_exists_passes_refresh_ttl(connect, raw, prefix) -> None:
+    c = connect(key_prefix=prefix, ttl_s=100)
     c.batch_set(["a"], [b"1"])
     raw.pexpire(prefix + "a", 5_000)
     assert asyncio.run(_aexists(c)) == [True, False]
@@ -204,17 +297,8 @@ def test_empty_batches(client: ValkeyClient) -> None:
     assert client.batch_exists([]) == []
 
 
-def test_unix_socket(server, make_client, prefix) -> None:
-    c = make_client(server.unix_url, key_prefix=prefix)
-    value = payload(1 << 20, 9)
-    assert c.batch_set(["u"], [value]) == [True]
-    dest = np.zeros(1 << 20, np.uint8)
-    assert c.batch_get_into(["u"], [dest]) == [1 << 20]
-    assert (dest == value).all()
-
-
-def test_tiled_across_connections_keeps_key_order(server, make_client, prefix) -> None:
-    c = make_client(server.url, key_prefix=prefix, num_connections=4)
+def test_tiled_across_connections_keeps_key_order(connect, prefix) -> None:
+    c = connect(key_prefix=prefix, num_connections=4)
     values = [payload(300_000 + i, i) for i in range(16)]   # large enough to split
     keys = [f"tile{i}" for i in range(16)]
     assert c.batch_set(keys, values) == [True] * 16
@@ -272,13 +356,13 @@ def test_execute_and_ping(client: ValkeyClient) -> None:
     assert "redis_version" in client.execute("INFO", "server").decode()
 
 
-def test_repr_names_the_server_without_secrets(server, make_client) -> None:
-    c = make_client(server.url, key_prefix="p:")
-    assert f"{server.host}:{server.port}" in repr(c) and "p:" in repr(c)
+def test_repr_names_the_server_without_secrets(endpoint, connect) -> None:
+    c = connect(key_prefix="p:")
+    assert endpoint.address in repr(c) and "p:" in repr(c)
 
 
-def test_connect_opens_every_connection_up_front(server, raw) -> None:
-    c = ValkeyClient(server.url, num_connections=3)
+def test_connect_opens_every_connection_up_front(endpoint, raw) -> None:
+    c = ValkeyClient(endpoint.url, num_connections=3, **endpoint.options)
     try:
         before = raw.info("clients")["connected_clients"]
         c.connect()
@@ -290,13 +374,12 @@ def test_connect_opens_every_connection_up_front(server, raw) -> None:
         c.connect()
 
 
-def test_get_depth_is_chosen_per_server_and_shown(server, server_kind, make_client,
-                                                   prefix) -> None:
+def test_get_depth_is_chosen_per_server_and_shown(server_kind, connect, prefix) -> None:
     """Valkey 9 writes large replies from the value: deep GET pipelines.
     Valkey 8 and Redis copy them into output buffers: about one large reply
     in flight (server_profile.py). repr and stats() say which was chosen, and
     the max_inflight_bytes option overrides it."""
-    c = make_client(server.url, key_prefix=prefix)
+    c = connect(key_prefix=prefix)
     assert c.ping()
     expected = 64 << 20 if server_kind == "valkey9" else 256 << 10
     name = "redis" if server_kind == "redis7" else "valkey"
@@ -305,7 +388,7 @@ def test_get_depth_is_chosen_per_server_and_shown(server, server_kind, make_clie
     assert snap.server.startswith(f"{name} {server_kind[-1]}.")
     assert f"get_inflight_bytes={expected}" in repr(c) and snap.server in repr(c)
     assert "GET replies in flight per connection" in str(snap)
-    fixed = make_client(server.url, key_prefix=prefix, max_inflight_bytes=3 << 20)
+    fixed = connect(key_prefix=prefix, max_inflight_bytes=3 << 20)
     assert fixed.ping() and fixed.stats().get_inflight_bytes == 3 << 20
     # Any depth moves the same bytes: values larger than the budget, mixed sizes.
     values = [payload(s, seed=s) for s in (5 << 20, 10, 70_000, (2 << 20) + 1)]

@@ -26,7 +26,7 @@ from lmcache_valkey import (
 )
 from lmcache_valkey.cluster import crc16, hash_tag, key_slot
 
-pytest_plugins = ["cluster_fixtures"]  # cluster, fresh_cluster, make_cluster_client
+pytestmark = pytest.mark.engine
 
 MiB = 1 << 20
 
@@ -302,7 +302,7 @@ def test_killed_primary_fails_only_its_keys_then_recovers(fresh_cluster, make_cl
 
 
 def test_reads_from_replicas():
-    from lmcache_valkey.cluster.local import start_local_cluster
+    from lmcache_valkey.testkit.local_cluster import start_local_cluster
 
     with start_local_cluster(1, replicas=1) as cl:
         replica = cl.replicas[0]
@@ -333,7 +333,7 @@ def test_reads_from_replicas():
 def test_lmcache_l2_adapter_accepts_a_cluster_url(cluster):
     pytest.importorskip("lmcache")
     torch = pytest.importorskip("torch")
-    from test_lmcache_l2_adapter import Runner, _keys
+    from lmcache_helpers import Runner, _keys
 
     from lmcache_valkey.lmcache import ValkeyL2Adapter, ValkeyL2AdapterConfig
 

@@ -24,7 +24,7 @@ from resp_reference import RespReader
 from lmcache_valkey._native import RespConnection
 from lmcache_valkey.errors import ProtocolError, ValkeyConnectionError, ValkeyTimeoutError
 
-pytestmark = pytest.mark.timeout(10)
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(10)]
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ import pytest
 from lmcache_valkey import ClientClosedError, ValkeyConnectionError
 from lmcache_valkey.embedded import free_port
 
+pytestmark = pytest.mark.engine
+
 VALUE = 4 << 20
 
 

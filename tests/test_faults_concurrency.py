@@ -21,7 +21,7 @@ from concurrent.futures import Future
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(300)]
 
 THREADS = 8
 OPS_PER_THREAD = 10_000

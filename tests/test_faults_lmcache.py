@@ -9,8 +9,8 @@ adapter (multiprocess mode) and the remote connector (LMCache in vLLM).
   the chunks before it; the remote connector counts only those.
 
 Real servers with a small maxmemory; the evictions are the server's own
-(tests/server_pressure.py). The adapters are driven with the helpers of
-their own test modules.
+(tests/server_pressure.py). The adapters are driven with the helpers and
+fixtures their own tests use (lmcache_helpers.py, lmcache_fixtures.py).
 """
 
 from __future__ import annotations
@@ -20,12 +20,20 @@ import pytest
 pytest.importorskip("lmcache")
 pytest.importorskip("torch")
 
-import test_lmcache_l2_adapter as l2  # noqa: E402
-import test_lmcache_remote_connector as rc  # noqa: E402
 from lmcache.lmcache_native import Bitmap  # noqa: E402
 from lmcache.v1.distributed.bitmap_ops.fold import (  # noqa: E402
     FULL_ATTENTION_WINDOW,
     fold_unfold_grouped,
+)
+from lmcache_helpers import (  # noqa: E402
+    BIG_SHAPE,
+    Runner,
+    _bytes,
+    _keys,
+    content,
+    key,
+    payload,
+    plugin_keys,
 )
 from server_pressure import (  # noqa: E402
     ALLKEYS_LRU,
@@ -40,12 +48,6 @@ from server_pressure import (  # noqa: E402
 from lmcache_valkey.lmcache.l2_adapter import encode_object_key  # noqa: E402
 
 pytestmark = pytest.mark.timeout(90)
-
-# The adapters' own fixtures (allocator, adapter and LMCache backend factories).
-alloc = l2.alloc
-make_adapter = l2.make_adapter
-loop = rc.loop
-make_lm = rc.make_lm
 
 PREFIX = "faults:"
 
@@ -73,25 +75,25 @@ def test_l2_stores_past_maxmemory_are_reported_failed_and_the_adapter_carries_on
     s = make_server(config=NOEVICTION)
     r = admin(s)
     adapter = make_adapter(s.url, key_prefix=PREFIX, num_connections=2)
-    run = l2.Runner(adapter)
+    run = Runner(adapter)
 
     # More than there is room for: part stored, the rest refused (-OOM).
-    keys = l2._keys(24)
-    src = alloc(24, l2.BIG_SHAPE)                    # 3 MiB into ~2 MiB of room
+    keys = _keys(24)
+    src = alloc(24, BIG_SHAPE)                    # 3 MiB into ~2 MiB of room
     result = run.store(keys, src)
     assert not result.is_successful()               # LMCache's result: failed, 0 bytes
     found = run.lookup(keys)
     assert 0 < sum(found) < len(keys)
     # The adapter's own usage accounting counts exactly the chunks stored.
     assert adapter.report_status()["tracked_keys"] == sum(found)
-    dst = alloc(24, l2.BIG_SHAPE, fill="zero")
+    dst = alloc(24, BIG_SHAPE, fill="zero")
     assert run.load(keys, dst) == found
     for s_obj, d_obj, hit in zip(src, dst, found, strict=True):
-        assert l2._bytes(d_obj) == (l2._bytes(s_obj) if hit else b"\xee" * d_obj.get_size())
+        assert _bytes(d_obj) == (_bytes(s_obj) if hit else b"\xee" * d_obj.get_size())
 
     # Full: every store fails, lookups and loads answer, nothing raises.
     fill_until_oom(r)
-    more = l2._keys(4, start=100)
+    more = _keys(4, start=100)
     assert not run.store(more, alloc(4)).is_successful()
     assert run.lookup(more) == [False] * 4
     status = adapter.report_status()
@@ -109,8 +111,8 @@ def test_l2_chunk_evicted_mid_prefix_lmcache_serves_only_the_chunks_before_it(
     s = make_server(config=ALLKEYS_LRU)
     r = admin(s)
     adapter = make_adapter(s.url, key_prefix=PREFIX, num_connections=2)
-    run = l2.Runner(adapter)
-    keys = l2._keys(6)
+    run = Runner(adapter)
+    keys = _keys(6)
     src = alloc(6)
     assert run.store(keys, src).is_successful()
 
@@ -120,7 +122,7 @@ def test_l2_chunk_evicted_mid_prefix_lmcache_serves_only_the_chunks_before_it(
     assert lmcache_prefix_hit(found) == 3
     dst = alloc(3, fill="zero")
     assert run.load(keys[:3], dst) == [True] * 3
-    assert [l2._bytes(d) for d in dst] == [l2._bytes(x) for x in src[:3]]
+    assert [_bytes(d) for d in dst] == [_bytes(x) for x in src[:3]]
 
     # Under more pressure the server picks (approximately LRU): the lookup
     # still matches the server key for key, and the prefix ends at the
@@ -136,23 +138,23 @@ def test_l2_chunk_evicted_mid_prefix_lmcache_serves_only_the_chunks_before_it(
 
 
 def chunk_name(i: int) -> str:
-    return PREFIX + rc.key(i).to_string()
+    return PREFIX + key(i).to_string()
 
 
 def test_remote_connector_put_past_maxmemory_is_logged_not_raised(make_server,
                                                                   make_lm) -> None:
     s = make_server(config=NOEVICTION)
     r = admin(s)
-    lm = make_lm(rc.plugin_keys(url=s.url, key_prefix=PREFIX))
+    lm = make_lm(plugin_keys(url=s.url, key_prefix=PREFIX))
     fill_until_oom(r)
     lm.put({i: lm.chunk(i) for i in range(3)})             # completes; nothing raises
-    assert [lm.remote.contains(rc.key(i)) for i in range(3)] == [False] * 3
-    assert lm.remote.batched_contains([rc.key(i) for i in range(3)]) == 0
+    assert [lm.remote.contains(key(i)) for i in range(3)] == [False] * 3
+    assert lm.remote.batched_contains([key(i) for i in range(3)]) == 0
 
     make_room(r)
     lm.put({i: lm.chunk(i) for i in range(3)})
-    got = lm.remote.get_blocking(rc.key(1))
-    assert got is not None and rc.content(got) == rc.payload(1)
+    got = lm.remote.get_blocking(key(1))
+    assert got is not None and content(got) == payload(1)
     got.ref_count_down()
 
 
@@ -160,16 +162,16 @@ def test_remote_connector_chunk_evicted_mid_prefix_counts_only_the_chunks_before
         make_server, make_lm) -> None:
     s = make_server(config=ALLKEYS_LRU)
     r = admin(s)
-    lm = make_lm(rc.plugin_keys(url=s.url, key_prefix=PREFIX))
+    lm = make_lm(plugin_keys(url=s.url, key_prefix=PREFIX))
     lm.put({i: lm.chunk(i) for i in range(6)})
-    keys = [rc.key(i) for i in range(6)]
+    keys = [key(i) for i in range(6)]
     assert lm.remote.batched_contains(keys) == 6
 
     evict(r, chunk_name(3))
     assert lm.remote.batched_contains(keys) == 3
     assert lm.run(lm.remote.batched_async_contains("req", keys)) == 3
     loaded = lm.run(lm.remote.batched_get_non_blocking("req", keys))
-    assert [rc.content(obj) for obj in loaded] == [rc.payload(i) for i in range(3)]
+    assert [content(obj) for obj in loaded] == [payload(i) for i in range(3)]
     for obj in loaded:
         obj.ref_count_down()
     assert lm.released()

@@ -20,14 +20,12 @@ import time
 
 import numpy as np
 import pytest
-import tls_fixtures
 from fault_proxy import DROP, HALF_CLOSE, PASS, STALL, FaultProxy
 from tls_fixtures import TlsRedisServer
 
 from lmcache_valkey import ClientClosedError, ValkeyConnectionError, ValkeyTimeoutError
 
-pytestmark = pytest.mark.timeout(60)
-tls_certs = tls_fixtures.tls_certs  # session fixture: throwaway CA and certificates
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(60)]
 
 VALUE = 1 << 20
 N_KEYS = 16          # 16 MiB per batch: tiled across both connections

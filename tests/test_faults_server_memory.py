@@ -19,7 +19,7 @@ from server_pressure import (
     pressure,
 )
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(60)]
 
 SIZE = 128 * 1024
 

@@ -30,8 +30,16 @@ from server_pressure import (  # noqa: E402
     make_room,
     pressure,
 )
-from test_vllm_connector import computed_before_step, run_prefill, tokens  # noqa: E402
-from vllm_fixtures import BLOCK, Worker, request, scheduler, vllm_config  # noqa: E402
+from vllm_harness import (  # noqa: E402
+    BLOCK,
+    Worker,
+    computed_before_step,
+    request,
+    run_prefill,
+    scheduler,
+    tokens,
+    vllm_config,
+)
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -20,6 +20,8 @@ import os
 import pytest
 import resp_fuzz
 
+pytestmark = pytest.mark.engine
+
 QUICK_INPUTS = 20_000
 FULL_INPUTS = 1_000_000
 

@@ -11,7 +11,11 @@ import socket
 import threading
 import time
 
+import pytest
+
 from lmcache_valkey._native import RespConnection
+
+pytestmark = pytest.mark.engine
 
 
 def test_other_threads_run_while_a_batch_waits() -> None:

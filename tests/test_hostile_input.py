@@ -32,7 +32,7 @@ MiB = 1 << 20
 NO_LIMIT = 2**63 - 1  # max_bulk_len raised as far as it goes: only the engine's own care is left
 GROWTH_LIMIT = 8 * MiB
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(30)]
 
 
 @dataclass(frozen=True)

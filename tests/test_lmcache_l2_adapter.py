@@ -8,15 +8,12 @@ controllers read them: wait for the kind's eventfd, then pop/query.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
-import select
 import sys
 import threading
 import time
-from typing import Any
 
 import pytest
 
@@ -29,129 +26,10 @@ from lmcache.v1.distributed.l2_adapters import create_l2_adapter  # noqa: E402
 from lmcache.v1.distributed.l2_adapters.config import (  # noqa: E402
     parse_args_to_l2_adapters_config,
 )
-from lmcache.v1.memory_allocators.tensor_memory_allocator import (  # noqa: E402
-    TensorMemoryAllocator,
-)
+from lmcache_helpers import BIG_SHAPE, SHAPE, Runner, _bytes, _keys  # noqa: E402
 
 from lmcache_valkey.lmcache import ValkeyL2Adapter, ValkeyL2AdapterConfig, register  # noqa: E402
 from lmcache_valkey.lmcache.l2_adapter import encode_object_key  # noqa: E402
-
-WAIT_S = 15.0
-SHAPE = torch.Size([2, 4, 16, 64])  # 16 KiB of bf16: a small KV chunk
-BIG_SHAPE = torch.Size([2, 8, 64, 64])  # 128 KiB: batches tile across connections
-
-
-# -- helpers ------------------------------------------------------------------
-
-
-def _wait_fd(fd: int, timeout_s: float) -> bool:
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    if not poller.poll(timeout_s * 1000):
-        return False
-    with contextlib.suppress(BlockingIOError):
-        os.eventfd_read(fd)
-    return True
-
-
-def _wait(fd: int, fetch, timeout_s: float = WAIT_S):
-    """Wait on ``fd`` until ``fetch()`` returns a result (like LMCache's controllers)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = fetch()
-        if result is not None:
-            return result
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise AssertionError("task did not complete (no result after its eventfd)")
-        _wait_fd(fd, min(left, 1.0))
-
-
-class Runner:
-    """Blocking helpers over one adapter's non-blocking interface."""
-
-    def __init__(self, adapter: ValkeyL2Adapter) -> None:
-        self.a = adapter
-        self._stores: dict[int, Any] = {}
-
-    def store_result(self, tid: int, timeout_s: float = WAIT_S):
-        def fetch():
-            self._stores.update(self.a.pop_completed_store_tasks())
-            return self._stores.pop(tid, None)
-        return _wait(self.a.get_store_event_fd(), fetch, timeout_s)
-
-    def store(self, keys, objs):
-        return self.store_result(self.a.submit_store_task(keys, objs))
-
-    def lookup_result(self, tid: int, timeout_s: float = WAIT_S) -> list[bool]:
-        bm = _wait(self.a.get_lookup_and_lock_event_fd(),
-                   lambda: self.a.query_lookup_and_lock_result(tid), timeout_s)
-        return [bm.test(i) for i in range(bm.size())]
-
-    def lookup(self, keys) -> list[bool]:
-        return self.lookup_result(self.a.submit_lookup_and_lock_task(keys, {}))
-
-    def load_result(self, tid: int, timeout_s: float = WAIT_S) -> list[bool]:
-        bm = _wait(self.a.get_load_event_fd(), lambda: self.a.query_load_result(tid), timeout_s)
-        return [bm.test(i) for i in range(bm.size())]
-
-    def load(self, keys, objs) -> list[bool]:
-        return self.load_result(self.a.submit_load_task(keys, objs))
-
-
-def _keys(n: int, model: str = "model-a", *, start: int = 0, salt: str = "",
-          group: int = 0, rank: int = 0) -> list[ObjectKey]:
-    return [ObjectKey(chunk_hash=(start + i).to_bytes(16, "big"), model_name=model,
-                      kv_rank=rank, object_group_id=group, cache_salt=salt)
-            for i in range(n)]
-
-
-def _bytes(obj) -> bytes:
-    return obj.raw_data[: obj.get_size()].numpy().tobytes()
-
-
-@pytest.fixture
-def alloc():
-    """LMCache's TensorMemoryAllocator over a CPU tensor; objects fill/zero."""
-    allocator = TensorMemoryAllocator(torch.zeros(32 << 20, dtype=torch.uint8))
-    made: list[Any] = []
-    gen = torch.Generator().manual_seed(1234)
-
-    def make(n: int, shape: torch.Size = SHAPE, *, fill: str = "random",
-             dtype: torch.dtype = torch.bfloat16) -> list[Any]:
-        objs = []
-        for _ in range(n):
-            obj = allocator.allocate(shape, dtype)
-            assert obj is not None
-            flat = obj.raw_data[: obj.get_size()]
-            if fill == "random":
-                flat.copy_(torch.randint(0, 256, (flat.numel(),), dtype=torch.uint8,
-                                         generator=gen))
-            else:
-                flat.fill_(0xEE)  # sentinel: a load must overwrite every byte
-            objs.append(obj)
-        made.extend(objs)
-        return objs
-
-    yield make
-    for obj in made:
-        obj.ref_count_down()
-
-
-@pytest.fixture
-def make_adapter():
-    adapters: list[ValkeyL2Adapter] = []
-
-    def make(url: str, **params: Any) -> ValkeyL2Adapter:
-        params.setdefault("op_timeout_s", 5.0)
-        params.setdefault("connect_timeout_s", 2.0)
-        adapter = ValkeyL2Adapter(ValkeyL2AdapterConfig.from_dict({"url": url, **params}))
-        adapters.append(adapter)
-        return adapter
-
-    yield make
-    for a in adapters:
-        a.close()
 
 
 @pytest.fixture

@@ -19,9 +19,7 @@ import concurrent.futures
 import json
 import re
 import shlex
-import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,138 +29,25 @@ pytest.importorskip("lmcache")
 torch = pytest.importorskip("torch")
 yaml = pytest.importorskip("yaml")
 
-from lmcache.utils import CacheEngineKey  # noqa: E402
 from lmcache.v1.config import LMCacheEngineConfig  # noqa: E402
-from lmcache.v1.metadata import LMCacheMetadata  # noqa: E402
-from lmcache.v1.storage_backend import CreateStorageBackends  # noqa: E402
+from lmcache_helpers import (  # noqa: E402
+    CHUNK_BYTES,
+    CHUNK_TOKENS,
+    MODULE,
+    PLUGIN,
+    TOKEN_BYTES,
+    Lm,
+    content,
+    key,
+    metadata,
+    payload,
+    plugin_keys,
+)
 
 from lmcache_valkey import ConfigError  # noqa: E402
 from lmcache_valkey.lmcache.remote_connector import ValkeyRemoteConnector  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "lmcache"
-PLUGIN = "lmcache_valkey"
-MODULE = "lmcache_valkey.lmcache.remote_connector"
-
-# A small model: 4 layers, 4 KV heads x 32, bf16, 16-token chunks
-# -> [2, 4, 16, 128] bf16 = 32 KiB per chunk, 1 KiB per token.
-CHUNK_TOKENS = 16
-KV_SHAPE = (4, 2, CHUNK_TOKENS, 4, 32)
-CHUNK_BYTES = 2 * 4 * CHUNK_TOKENS * 128 * 2
-TOKEN_BYTES = CHUNK_BYTES // CHUNK_TOKENS
-
-
-def plugin_keys(name: str = PLUGIN, module: str = MODULE, **options: Any) -> dict[str, Any]:
-    keys = {f"remote_storage_plugin.{name}.module_path": module,
-            f"remote_storage_plugin.{name}.class_name": "ValkeyRemoteConnector"}
-    keys.update({f"remote_storage_plugin.{name}.{k}": v for k, v in options.items()})
-    return keys
-
-
-def metadata() -> LMCacheMetadata:
-    return LMCacheMetadata(model_name="tiny", world_size=1, local_world_size=1, worker_id=0,
-                           local_worker_id=0, kv_dtype=torch.bfloat16, kv_shape=KV_SHAPE,
-                           chunk_size=CHUNK_TOKENS)
-
-
-def key(i: int) -> CacheEngineKey:
-    return CacheEngineKey(model_name="tiny", world_size=1, worker_id=0,
-                          chunk_hash=0x5EED0000 + i, dtype=torch.bfloat16)
-
-
-def payload(i: int, n: int = CHUNK_BYTES) -> bytes:
-    g = torch.Generator().manual_seed(1000 + i)
-    return torch.randint(0, 256, (n,), dtype=torch.uint8, generator=g).numpy().tobytes()
-
-
-def content(obj: Any) -> bytes:
-    return bytes(obj.byte_array)
-
-
-class Lm:
-    """LMCache's storage backends for one config, plus the allocation spy."""
-
-    def __init__(self, config: LMCacheEngineConfig, loop: asyncio.AbstractEventLoop,
-                 name: str = PLUGIN) -> None:
-        self.loop = loop
-        self.backends = CreateStorageBackends(config, metadata(), loop)
-        self.cpu = self.backends["LocalCPUBackend"]
-        self.remote = self.backends[f"RemoteBackend-{name}"]
-        assert self.remote.connection is not None, "LMCache did not create the connector"
-        self.conn = self.remote.connection.getWrappedConnector()
-        assert isinstance(self.conn, ValkeyRemoteConnector)
-        self.taken: list[Any] = []  # every MemoryObj the connector allocated
-        allocate = self.cpu.allocate
-
-        def spy(*args: Any, **kwargs: Any) -> Any:
-            obj = allocate(*args, **kwargs)
-            if obj is not None:
-                self.taken.append(obj)
-            return obj
-
-        self.cpu.allocate = spy
-
-    def chunk(self, i: int, tokens: int = CHUNK_TOKENS) -> Any:
-        """A MemoryObj as LMCache's store path hands it over, filled with payload(i)."""
-        md = metadata()
-        obj = self.cpu.memory_allocator.allocate(md.get_shapes(tokens), md.get_dtypes(),
-                                                 self.conn.meta_fmt)
-        data = payload(i, tokens * TOKEN_BYTES)
-        obj.raw_data.view(torch.uint8).reshape(-1)[:len(data)].copy_(
-            torch.frombuffer(bytearray(data), dtype=torch.uint8))
-        assert content(obj) == data
-        return obj
-
-    def put(self, items: dict[int, Any]) -> None:
-        """Store chunks in one batched_put and wait for it (LMCache does not wait)."""
-        keys = [key(i) for i in items]
-        objs = list(items.values())
-        done = threading.Event()
-        self.remote.batched_submit_put_task(keys, objs, on_complete_callback=lambda k: done.set())
-        assert done.wait(10)
-        for obj in objs:
-            obj.ref_count_down()
-
-    def run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
-
-    def released(self) -> bool:
-        return all(obj.get_ref_count() == 0 for obj in self.taken)
-
-    def close(self) -> None:
-        for backend in reversed(self.backends.values()):
-            backend.close()
-
-
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    """LMCache's storage manager runs its connectors on a loop in a thread."""
-    lp = asyncio.new_event_loop()
-    thread = threading.Thread(target=lp.run_forever, name="lmcache-loop", daemon=True)
-    thread.start()
-    yield lp
-    lp.call_soon_threadsafe(lp.stop)
-    thread.join(10)
-    lp.close()
-
-
-@pytest.fixture
-def make_lm(tmp_path: Path, loop: asyncio.AbstractEventLoop) -> Iterator[Callable[..., Lm]]:
-    made: list[Lm] = []
-
-    def make(extra: dict[str, Any], name: str = PLUGIN, plugins: list[str] | None = None,
-             **top: Any) -> Lm:
-        doc = {"chunk_size": CHUNK_TOKENS, "local_cpu": False, "max_local_cpu_size": 0.02,
-               "remote_serde": "naive", "remote_storage_plugins": plugins or [name],
-               "extra_config": extra, **top}
-        path = tmp_path / f"lmcache-{len(made)}.yaml"
-        path.write_text(yaml.safe_dump(doc))
-        lm = Lm(LMCacheEngineConfig.from_file(str(path)), loop, name)
-        made.append(lm)
-        return lm
-
-    yield make
-    for lm in made:
-        lm.close()
 
 
 @pytest.fixture

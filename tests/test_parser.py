@@ -35,6 +35,8 @@ from resp_reference import RespError, RespReader, RespSyntaxError, parse_header,
 from lmcache_valkey._native import RespConnection, parse_reply_header
 from lmcache_valkey.errors import ProtocolError, ServerReplyError
 
+pytestmark = pytest.mark.engine
+
 LABEL = "socketpair-peer"
 KiB = 1024
 MIN_RBUF = 64 * KiB + 16  # the smallest receive buffer RespConnection accepts

@@ -20,14 +20,13 @@ import signal
 import time
 
 import pytest
-from sglang_fixtures import (  # noqa: F401  (single_rank: autouse fixture)
+from sglang_harness import (
     LAYOUTS,
     PAGE,
     controller,
     fill_pages,
     page_bytes,
     prefetch,
-    single_rank,
     tokens,
     write,
 )
@@ -35,7 +34,7 @@ from sglang_fixtures import (  # noqa: F401  (single_rank: autouse fixture)
 from lmcache_valkey.errors import ConfigError
 from lmcache_valkey.sglang import ValkeyHiCacheStorage
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("single_rank")]
 
 N_PAGES = 6
 

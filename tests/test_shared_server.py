@@ -11,6 +11,7 @@ commands were sent (UNLINK in bounded batches, never FLUSHALL/FLUSHDB/DEL).
 from __future__ import annotations
 
 import pytest
+from shared_keyspace import other_consumers, snapshot
 
 from lmcache_valkey.cli import main as cli_main
 from lmcache_valkey.prefix_delete import delete_prefix
@@ -18,30 +19,8 @@ from lmcache_valkey.server_stats import server_stats
 
 valkey = pytest.importorskip("valkey")
 
-pytest_plugins = ["cluster_fixtures"]  # cluster, make_cluster_client
-
 KV = "vllm:kv:"
 N_KV = 1234
-
-
-def other_consumers(r) -> None:
-    """Keys of the platform's other users, of several types, with and
-    without TTLs, some with names that *start like* the KV prefix."""
-    for i in range(50):
-        r.set(f"emb:doc{i}", bytes([i]) * 300)
-    for i in range(20):
-        r.hset(f"session:{i}", mapping={"user": f"u{i}", "turns": i})
-        r.expire(f"session:{i}", 7200)
-    r.rpush("ray:queue", *[f"task{i}" for i in range(10)])
-    r.set("ray:gcs:node", b"\x00" * 64, px=900_000)
-    for name in ("vllm:kv", "vllm:kvx:1", "vllm:k*:1", "VLLM:KV:1", "x:vllm:kv:1"):
-        r.set(name, b"not the KV cache")
-
-
-def snapshot(r, exclude: str) -> dict[bytes, tuple[bytes, bool]]:
-    """name -> (DUMP bytes, has a TTL) of every key not under `exclude`."""
-    return {k: (r.dump(k), r.pttl(k) > 0) for k in r.scan_iter(count=1000)
-            if not k.startswith(exclude.encode())}
 
 
 def command_calls(r) -> dict[str, int]:

@@ -18,8 +18,6 @@ from lmcache_valkey.stats import LATENCY_BUCKETS_S, ClientStats
 
 parser = pytest.importorskip("prometheus_client.parser")
 
-pytest_plugins = ["cluster_fixtures"]  # cluster, make_cluster_client
-
 FAMILIES = {
     "lmcache_valkey_batches", "lmcache_valkey_keys", "lmcache_valkey_key_errors",
     "lmcache_valkey_batch_errors", "lmcache_valkey_received_bytes", "lmcache_valkey_sent_bytes",

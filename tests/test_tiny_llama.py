@@ -15,7 +15,7 @@ pytest.importorskip("torch")
 pytest.importorskip("safetensors")
 pytest.importorskip("tokenizers")
 
-from lmcache_valkey.vllm.tiny_llama import (  # noqa: E402
+from lmcache_valkey.testkit.tiny_llama import (  # noqa: E402
     BENCH_89M,
     PRESETS,
     TEST_TINY,

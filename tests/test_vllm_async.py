@@ -1,6 +1,6 @@
 """The ValkeyConnector never on vLLM's critical path, driven by vLLM's real scheduler.
 
-:class:`vllm_fixtures.Engine` steps vLLM's ``Scheduler`` and worker-side
+:class:`vllm_harness.Engine` steps vLLM's ``Scheduler`` and worker-side
 connectors (one or two fake TP ranks, through vLLM's ``KVOutputAggregator``)
 as the engine core does. Stalls come from the fault proxy
 (tests/fault_proxy.py) between the workers and a real server: a real server
@@ -22,7 +22,7 @@ pytest.importorskip("vllm")
 
 from fault_proxy import PASS, STALL, FaultProxy  # noqa: E402
 from vllm.v1.request import RequestStatus  # noqa: E402
-from vllm_fixtures import (  # noqa: E402
+from vllm_harness import (  # noqa: E402
     BLOCK,
     Engine,
     Worker,

@@ -8,50 +8,26 @@ The end-to-end runs with a served model are in ``test_vllm_e2e.py``.
 from __future__ import annotations
 
 import importlib.metadata
-import random
 import time
 
 import pytest
 
 pytest.importorskip("vllm")
 
-from vllm_fixtures import BLOCK, Engine, Worker, request, vllm_config  # noqa: E402
+from vllm_harness import (  # noqa: E402
+    BLOCK,
+    Engine,
+    Worker,
+    computed_before_step,
+    request,
+    run_prefill,
+    tokens,
+    vllm_config,
+)
 
 from lmcache_valkey import EmbeddedValkey  # noqa: E402
 from lmcache_valkey.errors import ConfigError  # noqa: E402
 from lmcache_valkey.vllm.config import ConnectorConfig  # noqa: E402
-from lmcache_valkey.vllm.metadata import ValkeyConnectorMetadata  # noqa: E402
-
-
-def tokens(n: int, seed: int = 0) -> list[int]:
-    rng = random.Random(seed)
-    return [rng.randrange(10, 2000) for _ in range(n)]
-
-
-def computed_before_step(out) -> int:
-    """Tokens the step starts with (local prefix cache + loaded from Valkey)."""
-    [new] = out.scheduled_new_reqs
-    return new.num_computed_tokens
-
-
-def run_prefill(vc, worker: Worker, toks: list[int], **kw):
-    """Run one request on a fresh scheduler until it is scheduled (after its
-    asynchronous load, if any) and its saves have reached the server.
-
-    Returns (scheduler, request, the output of the step that scheduled it,
-    the load-error block ids reported); that output's ``kv_connector_metadata``
-    holds the loads and saves of every step so far (a load is planned in the
-    step before the request runs)."""
-    eng = Engine(vc, [worker])
-    req = eng.add(request(toks, **kw))
-    eng.run_until(lambda: eng.first_scheduled(req) is not None)
-    out = eng.first_scheduled(req)
-    out.kv_connector_metadata = ValkeyConnectorMetadata(
-        loads=[t for m in eng.metas for t in m.loads],
-        saves=[t for m in eng.metas for t in m.saves])
-    worker.settle()
-    errors = set().union(*(o.invalid_block_ids for o in eng.outputs))
-    return eng.sched, req, out, errors
 
 
 def test_cold_run_saves_every_full_prompt_block_with_ttl_and_prefix(model_dir, raw, extra):

@@ -28,7 +28,7 @@ pytest.importorskip("vllm")
 from vllm_server import HITS, VllmServer, random_prompt  # noqa: E402
 
 from lmcache_valkey import EmbeddedValkey  # noqa: E402
-from lmcache_valkey.vllm.tiny_llama import TEST_TINY, build_tiny_llama  # noqa: E402
+from lmcache_valkey.testkit.tiny_llama import TEST_TINY, build_tiny_llama  # noqa: E402
 
 pytestmark = pytest.mark.timeout(900)
 

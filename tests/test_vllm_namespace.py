@@ -23,7 +23,7 @@ from vllm.v1.kv_cache_interface import (  # noqa: E402
     KVCacheGroupSpec,
     SlidingWindowSpec,
 )
-from vllm_fixtures import kv_cache_config, vllm_config  # noqa: E402
+from vllm_harness import kv_cache_config, vllm_config  # noqa: E402
 
 from lmcache_valkey.vllm.config import kv_namespace  # noqa: E402
 from lmcache_valkey.vllm.namespace import namespace_fields, spec_fields  # noqa: E402

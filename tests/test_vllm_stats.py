@@ -23,7 +23,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.metrics import (  # noqa: E402
     KVConnectorLogging,
     KVConnectorProm,
 )
-from vllm_fixtures import BLOCK, Engine, Worker, request, vllm_config  # noqa: E402
+from vllm_harness import BLOCK, Engine, Worker, request, vllm_config  # noqa: E402
 
 from lmcache_valkey import ValkeyClient  # noqa: E402
 from lmcache_valkey.vllm.connector import ValkeyConnector  # noqa: E402

@@ -13,7 +13,7 @@ import argparse
 import contextlib
 import signal
 
-from lmcache_valkey.cluster.local import start_local_cluster
+from lmcache_valkey.testkit.local_cluster import start_local_cluster
 
 
 def main() -> int:

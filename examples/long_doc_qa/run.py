@@ -31,7 +31,7 @@ equal ``none``'s. ``--hook-timings`` adds the wall time of each connector hook
     python examples/long_doc_qa/run.py --max-inflight-requests 4 --hit-miss-ratio 2:1
 
 The model is a local 89M-parameter Llama with random weights
-(``lmcache_valkey.vllm.tiny_llama``), built once into ``--model-dir``.
+(``lmcache_valkey.testkit.tiny_llama``), built once into ``--model-dir``.
 """
 
 from __future__ import annotations
@@ -343,7 +343,7 @@ def ensure_model(model_dir: Path) -> Path:
     if (model_dir / "config.json").exists() and (model_dir / "model.safetensors").exists():
         print(f"model: reusing {model_dir}")
         return model_dir
-    from lmcache_valkey.vllm.tiny_llama import BENCH_89M, build_tiny_llama
+    from lmcache_valkey.testkit.tiny_llama import BENCH_89M, build_tiny_llama
 
     print(f"model: building the 89M Llama (random weights) into {model_dir} ...", flush=True)
     t0 = time.monotonic()
@@ -694,7 +694,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine_description()}")
     model_dir = ensure_model(args.model_dir.expanduser())
 
-    from lmcache_valkey.vllm.tiny_llama import load_tokenizer, synthetic_documents
+    from lmcache_valkey.testkit.tiny_llama import load_tokenizer, synthetic_documents
 
     n_fresh = fresh_docs_per_round(args.num_docs, args.hit_miss_ratio)
     # Warm-up documents first, then each query round's fresh ones (all distinct).

@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = ldq.ensure_model(args.model_dir.expanduser())
 
     from lmcache_valkey import EmbeddedValkey
-    from lmcache_valkey.vllm.tiny_llama import synthetic_documents
+    from lmcache_valkey.testkit.tiny_llama import synthetic_documents
 
     warm, cold_healthy, cold_frozen = (
         d + ldq.QUESTION for d in synthetic_documents(3, args.doc_tokens, seed=args.seed,

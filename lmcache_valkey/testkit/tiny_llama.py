@@ -10,10 +10,10 @@ wrong KV cache changes the output.
 
 Everything is deterministic: the same arguments give the same bytes.
 
-    from lmcache_valkey.vllm.tiny_llama import BENCH_89M, build_tiny_llama
+    from lmcache_valkey.testkit.tiny_llama import BENCH_89M, build_tiny_llama
     build_tiny_llama(Path("/tmp/llama89m"), **BENCH_89M)
 
-    python -m lmcache_valkey.vllm.tiny_llama /tmp/llama89m --preset bench
+    python -m lmcache_valkey.testkit.tiny_llama /tmp/llama89m --preset bench
 
 Only the standard library is needed at import time; building needs ``torch``,
 ``safetensors`` and ``tokenizers``.
@@ -472,7 +472,7 @@ def _trim_to_tokens(tok: Any, words: list[str], n_tokens: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m lmcache_valkey.vllm.tiny_llama",
+        prog="python -m lmcache_valkey.testkit.tiny_llama",
         description="Write a small HF Llama folder with random weights and a local BPE tokenizer.",
     )
     ap.add_argument("dest", type=Path, help="output folder (created)")

@@ -38,7 +38,6 @@ from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool, MLATokenToKVPool 
 from sglang.srt.mem_cache.pool_host.mha import MHATokenToKVPoolHost  # noqa: E402
 from sglang.srt.mem_cache.pool_host.mla import MLATokenToKVPoolHost  # noqa: E402
 from sglang.srt.mem_cache.utils import get_storage_hash_str  # noqa: E402
-from sglang.srt.runtime_context import get_parallel  # noqa: E402
 
 PAGE = 4
 LAYERS = 3
@@ -47,14 +46,6 @@ LAYOUTS = ("layer_first", "page_first", "page_first_direct")
 BACKEND = {"backend_name": "valkey", "module_path": "lmcache_valkey.sglang",
            "class_name": "ValkeyHiCacheStorage"}
 TIMEOUT_S = 20
-
-
-@pytest.fixture(autouse=True)
-def single_rank():
-    """The parallel widths a one-GPU server publishes at start-up."""
-    with get_parallel().override(attn_dcp_size=1, attn_dcp_rank=0, tp_rank=0, tp_size=1,
-                                 pp_rank=0, pp_size=1):
-        yield
 
 
 def device_pool(kind: str) -> Any:

@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import itertools
 import os
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ from vllm.v1.structured_output import StructuredOutputManager  # noqa: E402
 
 from lmcache_valkey.vllm import register  # noqa: E402
 from lmcache_valkey.vllm.connector import ValkeyConnector  # noqa: E402
+from lmcache_valkey.vllm.metadata import ValkeyConnectorMetadata  # noqa: E402
 
 BLOCK = 32
 KV_HEADS = 2
@@ -254,3 +256,34 @@ def request(tokens: list[int], *, cache_salt: str | None = None, max_tokens: int
                    sampling_params=SamplingParams(max_tokens=max_tokens),
                    pooling_params=None, cache_salt=cache_salt,
                    block_hasher=get_request_block_hasher(BLOCK, sha256))
+
+
+def tokens(n: int, seed: int = 0) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randrange(10, 2000) for _ in range(n)]
+
+
+def computed_before_step(out) -> int:
+    """Tokens the step starts with (local prefix cache + loaded from Valkey)."""
+    [new] = out.scheduled_new_reqs
+    return new.num_computed_tokens
+
+
+def run_prefill(vc, worker: Worker, toks: list[int], **kw):
+    """Run one request on a fresh scheduler until it is scheduled (after its
+    asynchronous load, if any) and its saves have reached the server.
+
+    Returns (scheduler, request, the output of the step that scheduled it,
+    the load-error block ids reported); that output's ``kv_connector_metadata``
+    holds the loads and saves of every step so far (a load is planned in the
+    step before the request runs)."""
+    eng = Engine(vc, [worker])
+    req = eng.add(request(toks, **kw))
+    eng.run_until(lambda: eng.first_scheduled(req) is not None)
+    out = eng.first_scheduled(req)
+    out.kv_connector_metadata = ValkeyConnectorMetadata(
+        loads=[t for m in eng.metas for t in m.loads],
+        saves=[t for m in eng.metas for t in m.saves])
+    worker.settle()
+    errors = set().union(*(o.invalid_block_ids for o in eng.outputs))
+    return eng.sched, req, out, errors

@@ -16,8 +16,8 @@ import time
 from typing import Any
 
 from ..client import ValkeyClient
+from ..cluster.slots import NUM_SLOTS
 from ..embedded import EmbeddedServerError, EmbeddedValkey, free_port
-from .slots import NUM_SLOTS
 
 CLUSTER_CONFIG = {
     "cluster-enabled": "yes",
