@@ -11,6 +11,7 @@ one over nodes.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -98,18 +99,15 @@ class BatchJob(Job):
         super().finish()
 
 
+@dataclasses.dataclass(slots=True)
 class Tile:
     """The contiguous keys [start, start + len(keys)) of a job, for one connection."""
 
-    __slots__ = ("job", "start", "keys", "buffers", "args")
-
-    def __init__(self, job: Job, start: int, keys: list[bytes], buffers: list[Any] | None,
-                 args: tuple[Any, ...]) -> None:
-        self.job = job
-        self.start = start
-        self.keys = keys
-        self.buffers = buffers
-        self.args = args
+    job: Job
+    start: int
+    keys: list[bytes]
+    buffers: list[Any] | None
+    args: tuple[Any, ...]  # the engine method's, after keys and buffers
 
     def done(self, outcome: Any, exc: BaseException | None) -> None:
         """The engine's outcome (or a failed batch's ``partial``: the same
