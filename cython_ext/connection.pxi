@@ -8,6 +8,11 @@
 from lmcache_valkey.errors import (ProtocolError, ServerReplyError,
                                    ValkeyConnectionError, ValkeyTimeoutError)
 
+# The engine's OpKind codes by command, for the one table of operations
+# (lmcache_valkey/operations.py), which the TLS engine reads them from too.
+OP_KINDS = {"GET": OP_GET, "SET": OP_SET, "EXISTS": OP_EXISTS, "DEL": OP_DEL,
+            "PEXPIRE": OP_PEXPIRE}
+
 
 cdef class RespConnection(_Engine):
     """One RESP2 connection over a connected socket's fd.

@@ -32,3 +32,4 @@ class RespConnection:
 
 def parse_reply_header(data: bytes) -> tuple[str, int, bytes, int] | None: ...
 DEBUG_BUILD: bool
+OP_KINDS: dict[str, int]

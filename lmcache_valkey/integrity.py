@@ -34,6 +34,7 @@ from typing import Any
 
 from .buffers import byte_segments
 from .errors import ConfigError, IntegrityError, ValkeyConnectionError
+from .operations import GET, SET, Operation
 
 TRAILER = struct.Struct("<Q4s")
 TRAILER_LEN = TRAILER.size  # 12
@@ -155,14 +156,15 @@ class Checksum:
             too_large[i] = max(n - TRAILER_LEN, 0)
         return outcome
 
-    def run(self, native: Any, method: str, keys: list[bytes], buffers: list[Any],
+    def run(self, native: Any, op: Operation, keys: list[bytes], buffers: list[Any],
             args: tuple[Any, ...]) -> Any:
-        """Run one tile's ``native.<method>`` with trailers added / checked
+        """Run a batch of `op` (GET or SET: the operations with buffers) on
+        engine `native` with trailers added / checked
         (``ValkeyConnectionError.partial`` included)."""
-        call = getattr(native, method)
-        if method == "batch_set":
+        call = getattr(native, op.method)
+        if op is SET:
             return call(keys, [self.seal(keys[i], b, i) for i, b in enumerate(buffers)], *args)
-        if method != "batch_get_into":
+        if op is not GET:
             return call(keys, buffers, *args)
         dests = [self.open(b, i) for i, b in enumerate(buffers)]
         try:

@@ -47,17 +47,12 @@ from .errors import (
     ValkeyConnectionError,
     ValkeyTimeoutError,
 )
+from .operations import GET, OPERATIONS, SET, Operation
 
-OPS = ("get", "set", "exists", "touch", "delete")
-
-#: The native method each op runs (what ``_Job`` is told) -> its op name.
-_OP_OF_METHOD = {"batch_get_into": "get", "batch_set": "set", "batch_exists": "exists",
-                 "batch_touch": "touch", "batch_delete": "delete"}
+OPS = tuple(op.name for op in OPERATIONS)
 
 #: Outcomes per op, in display order; the first is the "ok" one.
-OUTCOMES = {"get": ("hit", "miss", "error"), "set": ("stored", "error"),
-            "exists": ("found", "missing", "error"), "touch": ("found", "missing", "error"),
-            "delete": ("deleted", "missing", "error")}
+OUTCOMES = {op.name: op.outcomes for op in OPERATIONS}
 
 #: Upper bounds (seconds) of the batch latency buckets; one more bucket, +Inf,
 #: follows. From a 0.1 ms EXISTS batch to a multi-second GET of large values.
@@ -182,15 +177,16 @@ class StatsSnapshot:
 
     def __str__(self) -> str:
         rows = [("op", "batches", "keys", "ok", "miss", "errors", "bytes", "mean ms")]
-        for name in OPS:
-            op = self.ops[name]
+        for operation in OPERATIONS:
+            op = self.ops[operation.name]
             if not op.batches:
                 continue
-            ok, *rest = OUTCOMES[name]
-            rows.append((name, str(op.batches), str(op.total_keys), str(op.keys.get(ok, 0)),
+            ok, *rest = operation.outcomes
+            rows.append((operation.name, str(op.batches), str(op.total_keys),
+                         str(op.keys.get(ok, 0)),
                          str(op.keys.get(rest[0], 0)) if len(rest) == 2 else "-",
                          str(op.keys.get("error", 0)),
-                         format_bytes(op.bytes) if name in ("get", "set") else "-",
+                         format_bytes(op.bytes) if operation.has_buffers else "-",
                          f"{1e3 * op.latency_sum_s / op.batches:.2f}"))
         lines = [f"client {self.endpoint}", *text_table(rows)]
         if len(rows) == 1:
@@ -238,22 +234,21 @@ class ClientStats:
         self._inflight_bytes = 0
         self._connect_failures = 0
 
-    def record_batch(self, method: str, result: list[Any], errors: dict[int, Any],
+    def record_batch(self, op: Operation, result: list[Any], errors: dict[int, Any],
                      too_large: dict[int, int], exc: BaseException | None, seconds: float,
                      sizes: Sequence[int] | None) -> None:
-        """One finished batch of native `method` (``batch_get_into`` ...):
+        """One finished batch of operation `op` (lmcache_valkey.operations):
         its per-key `result` (failed keys hold the failed value), per-key
         `errors` and `too_large`, the batch's exception if it failed, its
         latency, and (SET) the value size of each key."""
-        op = _OP_OF_METHOD[method]
         n = len(result)
         nbytes = 0
-        if op == "get":
+        if op is GET:
             ok = n - result.count(None)
             nbytes = sum(filter(None, result))
         else:  # True/False, or DEL's 1/0: sum() is the fastest count in C
             ok = sum(result)
-            if op == "set" and sizes is not None:
+            if op is SET and sizes is not None:
                 nbytes = sum(sizes) if ok == n else sum(itertools.compress(sizes, result))
         kinds: dict[str, int] = {}
         for e in errors.values():
@@ -265,13 +260,13 @@ class ClientStats:
         exc_kind = batch_error_kind(exc) if exc is not None else None
         if exc_kind is not None and rest:
             kinds[exc_kind] = kinds.get(exc_kind, 0) + rest
-        elif op == "set" and rest:  # a SET has no "miss": not stored is an error
+        elif op is SET and rest:  # a SET has no "miss": not stored is an error
             kinds["not_stored"] = kinds.get("not_stored", 0) + rest
         nerr = sum(kinds.values())
-        outcomes = OUTCOMES[op]
+        outcomes = op.outcomes
         bucket = bisect.bisect_left(LATENCY_BUCKETS_S, seconds)
         with self._lock:
-            c = self._ops[op]
+            c = self._ops[op.name]
             c.batches += 1
             c.bytes += nbytes
             c.latency_counts[bucket] += 1

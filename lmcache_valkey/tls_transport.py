@@ -53,6 +53,7 @@ from .errors import (
     ValkeyConnectionError,
     ValkeyTimeoutError,
 )
+from .operations import DELETE, EXISTS, GET, SET, TOUCH
 
 # Same framing limits as the native parser (cython_ext/resp_parser.pxi).
 MAX_LINE = 65536
@@ -70,7 +71,8 @@ _GET_WINDOW_CMD_BYTES = 64 * 1024
 # Keys per window, so the replies left unread stay small.
 _WINDOW_KEYS = 1024
 
-_GET, _SET, _EXISTS, _DEL, _PEXPIRE = range(5)
+# The engine's codes, as the native engine numbers them (lmcache_valkey.operations).
+_GET, _SET, _EXISTS, _DEL, _PEXPIRE = GET.code, SET.code, EXISTS.code, DELETE.code, TOUCH.code
 
 
 class _Failed(Exception):

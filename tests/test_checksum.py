@@ -18,6 +18,7 @@ from lmcache_valkey import ValkeyClient
 from lmcache_valkey.config import ClientConfig
 from lmcache_valkey.errors import ConfigError, IntegrityError, ValkeyConnectionError
 from lmcache_valkey.integrity import TRAILER_LEN, Checksum
+from lmcache_valkey.operations import GET
 
 MiB = 1 << 20
 SIZES = [0, 1, 4 * MiB, 7 * MiB + 3]
@@ -210,7 +211,7 @@ def test_partial_results_of_a_broken_connection_are_verified():
 
     dests = [bytearray(5), bytearray(5)]
     with pytest.raises(ValkeyConnectionError) as info:
-        check.run(BreaksAfterOneKey(), "batch_get_into", [b"a", b"b"], dests, ())
+        check.run(BreaksAfterOneKey(), GET, [b"a", b"b"], dests, ())
     values, errors, _ = info.value.partial
     assert values == [5, None] and not errors and dests[0] == b"hello"
 

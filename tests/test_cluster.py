@@ -198,6 +198,20 @@ def test_unreachable_seeds_give_one_clear_error():
 # -- migration: MOVED and ASK -------------------------------------------------------
 
 
+def _start_migration(cl, full_keys: list[str]):
+    """Start moving the slot of `full_keys` (one slot, prefixed names) from
+    its owner to another primary, and move those keys over already: they
+    answer -ASK from the source. Returns (slot, source, target)."""
+    slot = key_slot(full_keys[0].encode())
+    src = _owner(cl, full_keys[0].encode())
+    dst = next(s for s in cl.masters if s is not src)
+    cl.admin(dst, "CLUSTER", "SETSLOT", slot, "IMPORTING", cl.node_id(src))
+    cl.admin(src, "CLUSTER", "SETSLOT", slot, "MIGRATING", cl.node_id(dst))
+    assert cl.admin(src, "MIGRATE", dst.host, dst.port, "", 0, 5000,
+                    "KEYS", *full_keys) == "OK"
+    return slot, src, dst
+
+
 def test_slot_migration_is_followed_with_ask_then_moved(fresh_cluster, make_cluster_client):
     cl = fresh_cluster
     prefix = "mig:"
@@ -209,15 +223,8 @@ def test_slot_migration_is_followed_with_ask_then_moved(fresh_cluster, make_clus
     other_values = [os.urandom(50) for _ in other]
     assert all(c.batch_set(other, other_values))
 
-    slot = key_slot((prefix + keys[0]).encode())
-    src = _owner(cl, (prefix + keys[0]).encode())
-    dst = next(s for s in cl.masters if s is not src)
-    src_id, dst_id = cl.node_id(src), cl.node_id(dst)
-    cl.admin(dst, "CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
-    cl.admin(src, "CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
-    moved_first = [prefix + k for k in keys[:5]]
-    assert cl.admin(src, "MIGRATE", dst.host, dst.port, "", 0, 5000,
-                    "KEYS", *moved_first) == "OK"
+    slot, src, dst = _start_migration(cl, [prefix + k for k in keys[:5]])
+    dst_id = cl.node_id(dst)
 
     # Mid-migration: half the keys answer -ASK from the source.
     all_keys = keys + other
@@ -245,6 +252,39 @@ def test_slot_migration_is_followed_with_ask_then_moved(fresh_cluster, make_clus
     assert c.node_of(keys[0]) == f"{dst.host}:{dst.port}"
     assert list(c.batch_delete(keys)) == [1] * 10
     assert cl.admin(dst, "EXISTS", prefix + keys[0]) == 0
+
+
+def test_ask_path_seals_and_checks_values_as_the_fast_path_does(fresh_cluster,
+                                                                make_cluster_client):
+    """A key followed to its migration target is read and written by the
+    same checksum path as any batch: trailers sealed on SET, checked on GET
+    (a value corrupted on the server is a CHECKSUM miss there too)."""
+    cl = fresh_cluster
+    prefix = "askck:"
+    c = make_cluster_client(cl.url, key_prefix=prefix, checksum="xxh3")
+    keys = [f"{{ck}}:{i}" for i in range(4)]
+    values = [os.urandom(3000 + i) for i in range(4)]
+    assert all(c.batch_set(keys, values))
+    src = _owner(cl, (prefix + keys[0]).encode())
+    assert cl.admin(src, "SETRANGE", prefix + keys[2], 10, b"XX") == len(values[2]) + 12
+    _start_migration(cl, [prefix + k for k in keys[:3]])  # keys[3] stays on the source
+
+    dests = [bytearray(len(v)) for v in values]
+    got = c.batch_get_into(keys, dests)
+    assert c.asks >= 3
+    assert got[:2] == [len(v) for v in values[:2]] and got[3] == len(values[3])
+    assert [bytes(d) for d in dests[:2]] == values[:2] and bytes(dests[3]) == values[3]
+    assert got[2] is None and got.errors[2].code == "CHECKSUM"
+    assert list(got.errors) == [2]
+
+    new_values = [os.urandom(700) for _ in keys]
+    assert list(c.batch_set(keys, new_values)) == [True] * 4  # three via ASKING + SET
+    dests = [bytearray(1000) for _ in keys]
+    got = c.batch_get_into(keys, dests)
+    assert list(got) == [700] * 4 and not got.errors
+    assert [bytes(d[:700]) for d in dests] == new_values
+    assert list(c.batch_exists(keys, refresh_ttl=True)) == [True] * 4
+    assert list(c.batch_delete(keys)) == [1] * 4
 
 
 # -- failures -------------------------------------------------------------------------

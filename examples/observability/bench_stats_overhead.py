@@ -24,6 +24,7 @@ import numpy as np
 from lmcache_valkey import ValkeyClient
 from lmcache_valkey.bench import parse_size
 from lmcache_valkey.embedded import url_or_embedded
+from lmcache_valkey.operations import EXISTS, GET, SET, Operation
 from lmcache_valkey.stats import ClientStats
 
 
@@ -47,13 +48,13 @@ def _batch_times(fn, n: int) -> list[float]:
     return out
 
 
-def _record_alone(result: list, sizes: list[int] | None, method: str) -> float:
+def _record_alone(result: list, sizes: list[int] | None, op: Operation) -> float:
     """Microseconds per record_batch call on `result`."""
     stats = ClientStats()
     n = 20_000
     t0 = time.perf_counter()
     for _ in range(n):
-        stats.record_batch(method, result, {}, {}, None, 0.001, sizes)
+        stats.record_batch(op, result, {}, {}, None, 0.001, sizes)
     return (time.perf_counter() - t0) / n * 1e6
 
 
@@ -95,10 +96,10 @@ def main() -> None:
         print(f"{label:<28} {on:>8.3f}ms {off:>8.3f}ms {100 * (on - off) / off:>+8.1f}%")
     exists_result = [bool(i % 2) for i in range(args.exists_keys)]
     get_result = [args.value_size] * args.keys
-    print(f"record_batch alone: {_record_alone(exists_result, None, 'batch_exists'):.1f} us "
+    print(f"record_batch alone: {_record_alone(exists_result, None, EXISTS):.1f} us "
           f"(EXISTS {args.exists_keys}), "
-          f"{_record_alone(get_result, None, 'batch_get_into'):.1f} us (GET {args.keys}), "
-          f"{_record_alone([True] * args.keys, [args.value_size] * args.keys, 'batch_set'):.1f}"
+          f"{_record_alone(get_result, None, GET):.1f} us (GET {args.keys}), "
+          f"{_record_alone([True] * args.keys, [args.value_size] * args.keys, SET):.1f}"
           f" us (SET {args.keys})")
 
 

@@ -16,12 +16,11 @@ Redirections, per key:
   background, and the key is retried on the new node (at most
   ``MAX_REDIRECTS`` times; then the MOVED error stays in ``errors``).
 * ``-ASK slot host:port``: the key is being migrated and already sits on the
-  target. The native batch engine cannot put ``ASKING`` in front of one key
-  of a pipeline, so ASK takes a slow path: ``ASKING`` + the one command via
-  ``execute`` on a connection of the target's client (on that connection's
-  worker thread, so nothing blocks), with the GET reply copied into the
-  caller's buffer and a SET's value sent as bytes. ASK only happens during a
-  slot migration, so this path stays cold.
+  target. ``ASKING`` lets in only the one command after it, so ASK takes a
+  slow path: on one connection of the target's client, each key runs as
+  ``ASKING`` + a one-key batch of the native engine (values sealed and
+  checked as on the fast path; see ``ValkeyClient.submit_asking``). ASK only
+  happens during a slot migration, so this path stays cold.
 * Any other error reply (``-CLUSTERDOWN``, ``-TRYAGAIN``, ``-OOM`` ...) is
   that key's result, as in ValkeyClient.
 
@@ -50,21 +49,22 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from ..buffers import Buffer, as_native_buffer, byte_segments
-from ..client import BatchClientBase, BatchResult, Key, ValkeyClient, resolve
+from ..batch_client import BatchClientBase, Key, key_bytes
+from ..batch_result import BatchResult, merge_outcome
+from ..client import ValkeyClient
 from ..completion import CompletionQueue
 from ..config import ClientConfig
-from ..connection import Connection
 from ..errors import (
     ClientClosedError,
     ConfigError,
     ServerReplyError,
     ValkeyConnectionError,
 )
-from ..integrity import checksum_for
+from ..jobs import Job
+from ..operations import Operation
 from ..stats import StatsSnapshot
 from .slots import key_slot
-from .topology import Addr, SlotMap, _endpoint, fetch_slot_map
+from .topology import Addr, SlotMap, addr_text, fetch_slot_map
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +72,6 @@ log = logging.getLogger(__name__)
 MAX_REDIRECTS = 5
 #: Refreshes triggered by failures are at least this far apart.
 _MIN_REFRESH_INTERVAL_S = 0.2
-
-_GET, _SET, _EXISTS, _TOUCH, _DELETE = "get", "set", "exists", "touch", "delete"
-_FAILED_VALUE = {_GET: None, _SET: False, _EXISTS: False, _TOUCH: False, _DELETE: 0}
-_READS = (_GET, _EXISTS)
 
 
 def _parse_redirect(err: ServerReplyError) -> tuple[int, Addr] | None:
@@ -90,43 +86,23 @@ def _parse_redirect(err: ServerReplyError) -> tuple[int, Addr] | None:
         return None
 
 
-class _ClusterJob:
+class _ClusterJob(Job):
     """One caller batch, spread over nodes; finishes when every part has."""
 
-    def __init__(self, client: ValkeyClusterClient, op: str, keys: list[bytes],
+    __slots__ = ("client", "keys", "slots", "buffers", "redirects", "node_errors")
+
+    def __init__(self, client: ValkeyClusterClient, op: Operation, keys: list[bytes],
                  slots: list[int], buffers: list[Any] | None,
                  completion: CompletionQueue | None, token: Any) -> None:
-        n = len(keys)
+        super().__init__(op, len(keys), completion, token)
         self.client = client
-        self.op = op
         self.keys = keys  # without the prefix (node clients add it)
         self.slots = slots
         self.buffers = buffers
-        self.future: Future[BatchResult] = Future()
-        self.future.set_running_or_notify_cancel()
-        self.values: list[Any] = [_FAILED_VALUE[op]] * n
-        self.errors: dict[int, ServerReplyError] = {}
-        self.too_large: dict[int, int] = {}
-        self.redirects = [0] * n
+        self.redirects = [0] * len(keys)
         self.node_errors: dict[Addr, BaseException] = {}
-        self.exc: BaseException | None = None
-        self.pending = 0
-        self.lock = threading.Lock()
-        self.completion = completion
-        self.token = token
 
-    # -- bookkeeping ----------------------------------------------------------
-
-    def _hold(self) -> None:
-        with self.lock:
-            self.pending += 1
-
-    def _release(self) -> None:
-        with self.lock:
-            self.pending -= 1
-            if self.pending:
-                return
-        result = BatchResult(self.values, self.errors, self.too_large)
+    def failure(self) -> BaseException | None:
         exc = self.exc
         if exc is None and self.node_errors:
             failed = list(self.node_errors.items())
@@ -134,21 +110,21 @@ class _ClusterJob:
                 exc = failed[0][1]
             else:
                 exc = ValkeyConnectionError(
-                    f"cluster nodes {', '.join(_endpoint(a) for a, _ in failed)} failed: "
+                    f"cluster nodes {', '.join(addr_text(a) for a, _ in failed)} failed: "
                     + "; ".join(str(e) for _, e in failed))
                 exc.__cause__ = failed[0][1]
-        resolve(self.future, result, exc, self.completion, self.token)
+        return exc
 
     # -- sending ----------------------------------------------------------------
 
     def dispatch(self, idxs: Sequence[int]) -> None:
         """Send keys `idxs` to the nodes serving their slots, one batch per node."""
-        self._hold()
+        self.hold()
         try:
             groups: dict[tuple[Addr, bool], list[int]] = {}
             unserved: list[int] = []
             route = self.client._route
-            read = self.op in _READS
+            read = self.op.replica_safe
             for i in idxs:
                 target = route(self.slots[i], read)
                 if target is None:
@@ -158,32 +134,30 @@ class _ClusterJob:
             if unserved:
                 with self.lock:
                     for i in unserved:
-                        self.errors[i] = ServerReplyError(
+                        self.result.errors[i] = ServerReplyError(
                             f"CLUSTERDOWN Hash slot {self.slots[i]} not served")
                 self.client._schedule_refresh()
             for (addr, readonly), gidx in groups.items():
                 self._send(addr, readonly, gidx)
         finally:
-            self._release()
+            self.release()
 
-    def _send(self, addr: Addr, readonly: bool, gidx: list[int]) -> None:
-        self._hold()
+    def _send(self, addr: Addr, readonly: bool, gidx: list[int], asking: bool = False) -> None:
+        """Keys `gidx` as one batch on `addr`'s client (`asking`: each key
+        after ``ASKING``, the ASK slow path)."""
+        self.hold()
         try:
             node = self.client._node(addr, readonly)
             keys = [self.keys[i] for i in gidx]
             bufs = None if self.buffers is None else [self.buffers[i] for i in gidx]
-            if self.op == _GET:
-                fut = node.submit_batch_get_into(keys, bufs)  # type: ignore[arg-type]
-            elif self.op == _SET:
-                fut = node.submit_batch_set(keys, bufs)  # type: ignore[arg-type]
-            elif self.op in (_EXISTS, _TOUCH):
-                fut = node.submit_batch_exists(keys, refresh_ttl=self.op == _TOUCH)
+            if asking:
+                fut = node.submit_asking(self.op, keys, bufs)
             else:
-                fut = node.submit_batch_delete(keys)
+                fut = node.submit_op(self.op, keys, bufs)
         except BaseException as e:
-            self._part_done(addr, gidx, None, e)
+            self._part_done(addr, gidx, None, e)  # releases the hold
             return
-        fut.add_done_callback(lambda f: self._on_part(addr, gidx, f))
+        fut.add_done_callback(lambda f: self._on_part(addr, gidx, f))  # releases it later
 
     # -- receiving (on node client worker threads) ------------------------------
 
@@ -203,15 +177,10 @@ class _ClusterJob:
         try:
             with self.lock:
                 if res is not None:
-                    for j, i in enumerate(gidx[:len(res)]):
-                        err = res.errors.get(j)
-                        if err is not None and self._redirect(i, err, moved, asks):
-                            continue
-                        if err is not None:
-                            self.errors[i] = err
-                        if j in res.too_large:
-                            self.too_large[i] = res.too_large[j]
-                        self.values[i] = res[j]
+                    redirected = {j for j, err in res.errors.items()
+                                  if j < len(gidx) and self._redirect(gidx[j], err, moved, asks)}
+                    merge_outcome(self.result, gidx, (res, res.errors, res.too_large),
+                                  redirected)
                 if exc is not None:
                     if isinstance(exc, ValkeyConnectionError) and not self.client.closed:
                         self.node_errors.setdefault(addr, exc)
@@ -223,9 +192,9 @@ class _ClusterJob:
                 self.client._schedule_refresh()
                 self.dispatch(moved)
             for target, idxs in asks.items():
-                self._ask(target, idxs)
+                self._send(target, False, idxs, asking=True)
         finally:
-            self._release()
+            self.release()
 
     def _redirect(self, i: int, err: ServerReplyError, moved: list[int],
                   asks: dict[Addr, list[int]]) -> bool:
@@ -246,85 +215,6 @@ class _ClusterJob:
             self.client.asks += 1
             asks.setdefault(addr, []).append(i)
         return True
-
-    # -- ASK: the slow path -----------------------------------------------------
-
-    def _ask(self, addr: Addr, idxs: list[int]) -> None:
-        """ASKING + command, key by key, on one connection of `addr`'s client
-        (run on that connection's worker thread)."""
-        self._hold()
-        try:
-            node = self.client._node(addr, False)
-            prefix = self.client.config.key_prefix
-            ttl_ms = self.client.config.ttl_ms
-            op = self.op
-            jobs: list[tuple[int, bytes, Any]]  # (index, key, its buffer or None)
-            jobs = [(i, prefix + self.keys[i],
-                     None if self.buffers is None else self.buffers[i]) for i in idxs]
-            check = self.client._checksum
-            if check is not None and op in (_GET, _SET):  # trailers, as on the fast path
-                jobs = [(i, key, check.seal(key, buf, j) if op == _SET else check.open(buf, j))
-                        for j, (i, key, buf) in enumerate(jobs)]
-
-            def run(conn: Connection) -> BatchResult:
-                values: list[Any] = []
-                errors: dict[int, ServerReplyError] = {}
-                too_large: dict[int, int] = {}
-                for j, (_, key, buf) in enumerate(jobs):
-                    try:
-                        conn.native.execute("ASKING")
-                        values.append(_ask_command(conn, op, key, buf, ttl_ms, too_large, j))
-                    except ServerReplyError as e:
-                        values.append(_FAILED_VALUE[op])
-                        errors[j] = e
-                if check is not None and op == _GET:
-                    check.finish_get((values, errors, too_large), [k for _, k, _ in jobs],
-                                     [b for _, _, b in jobs])
-                return BatchResult(values, errors, too_large)
-
-            fut = node.submit_call(run)
-        except BaseException as e:
-            self._part_done(addr, idxs, None, e)  # releases the hold
-            return
-        fut.add_done_callback(lambda f: self._on_part(addr, idxs, f))  # releases it later
-
-
-def _ask_command(conn: Connection, op: str, key: bytes, buf: Any, ttl_ms: int,
-                 too_large: dict[int, int], j: int) -> Any:
-    native = conn.native
-    if op == _GET:
-        data = native.execute("GET", key)
-        if data is None:
-            return None
-        return _copy_into(buf, bytes(data), too_large, j)
-    if op == _SET:
-        args: list[Any] = ["SET", key, b"".join(byte_segments(buf, False, j))]
-        if ttl_ms:
-            args += ["PX", ttl_ms]
-        return native.execute(*args) == "OK"
-    if op == _TOUCH:
-        return native.execute("PEXPIRE", key, ttl_ms) == 1
-    if op == _EXISTS:
-        return native.execute("EXISTS", key) == 1
-    return int(native.execute("DEL", key))
-
-
-def _copy_into(buf: Any, data: bytes, too_large: dict[int, int], j: int) -> int | None:
-    """A GET reply into a destination buffer or scatter list, as the native
-    engine would fill it (segments in order); a value that does not fit is a
-    miss recorded in `too_large`."""
-    views = byte_segments(buf, True, j)
-    if len(data) > sum(v.nbytes for v in views):
-        too_large[j] = len(data)
-        return None
-    pos = 0
-    for v in views:
-        take = min(v.nbytes, len(data) - pos)
-        v[:take] = data[pos:pos + take]
-        pos += take
-        if pos == len(data):
-            break
-    return len(data)
 
 
 class ValkeyClusterClient(BatchClientBase):
@@ -348,8 +238,7 @@ class ValkeyClusterClient(BatchClientBase):
             raise ConfigError(f"a Valkey Cluster has only database 0, not db={config.db}")
         self.config = config
         self.closed = False
-        self._prefix = config.key_prefix
-        self._checksum = checksum_for(config.checksum)  # for the ASK slow path
+        self._prefix = config.key_prefix  # for slots: node clients put it on the keys
         seeds = list(config.cluster_nodes)
         if not seeds and config.host:
             seeds = [(config.host, config.port)]
@@ -389,10 +278,10 @@ class ValkeyClusterClient(BatchClientBase):
             clients = list(self._nodes.items())
         nodes: dict[str, StatsSnapshot] = {}
         for (addr, _), node in clients:  # a node may have a READONLY client too
-            ep = _endpoint(addr)
+            ep = addr_text(addr)
             snap = node.stats()
             nodes[ep] = StatsSnapshot.combine(ep, [nodes[ep], snap]) if ep in nodes else snap
-        seeds = ",".join(_endpoint(a) for a in self._seeds)
+        seeds = ",".join(addr_text(a) for a in self._seeds)
         return StatsSnapshot.combine(
             f"cluster {seeds}", nodes.values(), nodes=dict(sorted(nodes.items())),
             cluster={"moved": self.moves, "ask": self.asks, "topology_refreshes": self.refreshes})
@@ -491,22 +380,14 @@ class ValkeyClusterClient(BatchClientBase):
 
     def node_of(self, key: Key) -> str:
         """``host:port`` of the primary serving `key` (prefix applied)."""
-        slot = key_slot(self._prefix + _as_bytes(key, 0))
+        slot = key_slot(key_bytes([key], self._prefix)[0])
         primary = self._slot_map_now().primaries[slot]
-        return "unassigned" if primary is None else _endpoint(primary)
+        return "unassigned" if primary is None else addr_text(primary)
 
     # -- batches ----------------------------------------------------------------
 
-    def _submit(self, op: str, keys: Sequence[Key], buffers: Sequence[Buffer] | None,
-                completion: CompletionQueue | None, token: Any) -> Future[BatchResult]:
-        if self.closed:
-            raise ClientClosedError("client is closed")
-        bkeys = [_as_bytes(k, i) for i, k in enumerate(keys)]
-        nbufs: list[Any] | None = None
-        if buffers is not None:
-            if len(buffers) != len(bkeys):
-                raise ConfigError(f"{len(bkeys)} keys but {len(buffers)} buffers")
-            nbufs = [as_native_buffer(b) for b in buffers]
+    def _start(self, op: Operation, bkeys: list[bytes], nbufs: list[Any] | None,
+               completion: CompletionQueue | None, token: Any) -> Future[BatchResult]:
         prefix = self._prefix
         slots = [key_slot(prefix + k) for k in bkeys]
         job = _ClusterJob(self, op, bkeys, slots, nbufs, completion, token)
@@ -515,33 +396,11 @@ class ValkeyClusterClient(BatchClientBase):
                 self._slot_map_now()
         except ValkeyConnectionError as e:
             job.exc = e
-            job._hold()
-            job._release()
+            job.hold()
+            job.release()
             return job.future
         job.dispatch(range(len(bkeys)))
         return job.future
-
-    def submit_batch_get_into(self, keys: Sequence[Key], buffers: Sequence[Buffer], *,
-                              completion: CompletionQueue | None = None,
-                              token: Any = None) -> Future[BatchResult]:
-        """See :meth:`ValkeyClient.submit_batch_get_into`."""
-        return self._submit(_GET, keys, buffers, completion, token)
-
-    def submit_batch_set(self, keys: Sequence[Key], buffers: Sequence[Buffer], *,
-                         completion: CompletionQueue | None = None,
-                         token: Any = None) -> Future[BatchResult]:
-        return self._submit(_SET, keys, buffers, completion, token)
-
-    def submit_batch_exists(self, keys: Sequence[Key], *, refresh_ttl: bool = False,
-                            completion: CompletionQueue | None = None,
-                            token: Any = None) -> Future[BatchResult]:
-        op = _TOUCH if refresh_ttl and self.config.ttl_ms > 0 else _EXISTS
-        return self._submit(op, keys, None, completion, token)
-
-    def submit_batch_delete(self, keys: Sequence[Key], *,
-                            completion: CompletionQueue | None = None,
-                            token: Any = None) -> Future[BatchResult]:
-        return self._submit(_DELETE, keys, None, completion, token)
 
     # -- control ----------------------------------------------------------------
 
@@ -569,7 +428,7 @@ class ValkeyClusterClient(BatchClientBase):
         nodes = self._slot_map_now().primary_nodes
         futs = {a: self._node(a).submit_call(lambda conn: conn.native.execute(*args))
                 for a in nodes}
-        return {_endpoint(a): f.result() for a, f in futs.items()}
+        return {addr_text(a): f.result() for a, f in futs.items()}
 
     def execute_on_key(self, key: bytes, *args: Any) -> Any:
         """Run a command about `key` (a full, prefixed key name) on the
@@ -624,13 +483,3 @@ class ValkeyClusterClient(BatchClientBase):
         for node in nodes:
             node.close()
         self._close_loop_queues()
-
-
-def _as_bytes(k: Key, i: int) -> bytes:
-    if isinstance(k, str):
-        return k.encode()
-    if isinstance(k, bytes):
-        return k
-    if isinstance(k, (bytearray, memoryview)):
-        return bytes(k)
-    raise TypeError(f"key #{i} must be str or bytes, not {type(k).__name__}")

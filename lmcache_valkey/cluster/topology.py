@@ -141,18 +141,19 @@ def fetch_slot_map(config: ClientConfig, candidates: Iterable[Addr]) -> SlotMap:
         try:
             smap = read_slot_map(config, addr)
         except ServerReplyError as e:
-            errors.append(f"{_endpoint(addr)}: {e}")
+            errors.append(f"{addr_text(addr)}: {e}")
             continue
         except (ValkeyError, OSError) as e:
             errors.append(str(e))
             continue
         if smap.covered():
             return smap
-        errors.append(f"{_endpoint(addr)}: no slots assigned")
+        errors.append(f"{addr_text(addr)}: no slots assigned")
     raise ValkeyConnectionError(
         "cluster: no node answered with a slot map (" + "; ".join(errors or ["no nodes"]) + ")")
 
 
-def _endpoint(addr: Addr) -> str:
+def addr_text(addr: Addr) -> str:
+    """A node's ``host:port`` (an IPv6 host in brackets)."""
     host, port = addr
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
