@@ -82,10 +82,13 @@ class BenchClient:
     def tcp(self) -> bool:
         return self.host is not None
 
+    #: (module to import, pip package that provides it), for peers that need one
+    requires: tuple[str, str] | None = None
+
     @classmethod
     def unavailable_reason(cls) -> str | None:
         """None if this client can run here, else why not."""
-        return None
+        return None if cls.requires is None else _import_error(*cls.requires)
 
     def set(self, keys: list[bytes], values: list[np.ndarray]) -> None:
         raise NotImplementedError
@@ -356,11 +359,8 @@ class GlideSync(BenchClient):
     """
 
     name = "glide"
+    requires = ("glide_sync", "valkey-glide-sync")
     _PIECE_BYTES = 4 << 20
-
-    @classmethod
-    def unavailable_reason(cls) -> str | None:
-        return _import_error("glide_sync", "valkey-glide-sync")
 
     def __init__(self, host: str | None, port: int | None, unix_path: str | None,
                  num_connections: int) -> None:
@@ -430,12 +430,9 @@ class LMCacheResp(BenchClient):
     """
 
     name = "lmcache-c++"
+    requires = ("lmcache.lmcache_redis", "lmcache")
     supports_unix = False
     _POLL_MS = 1000
-
-    @classmethod
-    def unavailable_reason(cls) -> str | None:
-        return _import_error("lmcache.lmcache_redis", "lmcache")
 
     def __init__(self, host: str | None, port: int | None, unix_path: str | None,
                  num_connections: int) -> None:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from closing import closing_factory
 
 from lmcache_valkey import EmbeddedValkey, ValkeyClient, open_client
 from lmcache_valkey.embedded import EmbeddedServerError, server_binary
@@ -167,17 +168,11 @@ def prefix() -> str:
 
 @pytest.fixture
 def make_client() -> Iterator[Callable[..., ValkeyClient]]:
-    clients: list[ValkeyClient] = []
-
-    def make(url: str, **options: Any) -> ValkeyClient:
+    def build(url: str, **options: Any) -> ValkeyClient:
         options.setdefault("op_timeout_s", 10.0)
-        c = open_client(url, **options)  # a ValkeyClient, or a cluster client
-        clients.append(c)
-        return c
+        return open_client(url, **options)  # a ValkeyClient, or a cluster client
 
-    yield make
-    for c in clients:
-        c.close()
+    yield from closing_factory(build)
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from closing import closing_factory
 
 
 @pytest.fixture
@@ -25,11 +26,10 @@ def alloc() -> Iterator[Callable[..., list[Any]]]:
     from lmcache_helpers import SHAPE
 
     allocator = TensorMemoryAllocator(torch.zeros(32 << 20, dtype=torch.uint8))
-    made: list[Any] = []
     gen = torch.Generator().manual_seed(1234)
 
-    def make(n: int, shape: torch.Size = SHAPE, *, fill: str = "random",
-             dtype: torch.dtype = torch.bfloat16) -> list[Any]:
+    def build(n: int, shape: torch.Size = SHAPE, *, fill: str = "random",
+              dtype: torch.dtype = torch.bfloat16) -> list[Any]:
         objs = []
         for _ in range(n):
             obj = allocator.allocate(shape, dtype)
@@ -41,12 +41,13 @@ def alloc() -> Iterator[Callable[..., list[Any]]]:
             else:
                 flat.fill_(0xEE)  # sentinel: a load must overwrite every byte
             objs.append(obj)
-        made.extend(objs)
         return objs
 
-    yield make
-    for obj in made:
-        obj.ref_count_down()
+    def release(objs: list[Any]) -> None:
+        for obj in objs:
+            obj.ref_count_down()
+
+    yield from closing_factory(build, release)
 
 
 @pytest.fixture
@@ -54,18 +55,12 @@ def make_adapter() -> Iterator[Callable[..., Any]]:
     """Build ValkeyL2Adapters from a URL and config keys (closed at teardown)."""
     from lmcache_valkey.lmcache import ValkeyL2Adapter, ValkeyL2AdapterConfig
 
-    adapters: list[ValkeyL2Adapter] = []
-
-    def make(url: str, **params: Any) -> ValkeyL2Adapter:
+    def build(url: str, **params: Any) -> ValkeyL2Adapter:
         params.setdefault("op_timeout_s", 5.0)
         params.setdefault("connect_timeout_s", 2.0)
-        adapter = ValkeyL2Adapter(ValkeyL2AdapterConfig.from_dict({"url": url, **params}))
-        adapters.append(adapter)
-        return adapter
+        return ValkeyL2Adapter(ValkeyL2AdapterConfig.from_dict({"url": url, **params}))
 
-    yield make
-    for a in adapters:
-        a.close()
+    yield from closing_factory(build)
 
 
 @pytest.fixture

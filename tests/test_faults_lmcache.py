@@ -20,6 +20,7 @@ import pytest
 pytest.importorskip("lmcache")
 pytest.importorskip("torch")
 
+import server_pressure as mem  # noqa: E402
 from lmcache.lmcache_native import Bitmap  # noqa: E402
 from lmcache.v1.distributed.bitmap_ops.fold import (  # noqa: E402
     FULL_ATTENTION_WINDOW,
@@ -34,15 +35,6 @@ from lmcache_helpers import (  # noqa: E402
     key,
     payload,
     plugin_keys,
-)
-from server_pressure import (  # noqa: E402
-    ALLKEYS_LRU,
-    NOEVICTION,
-    admin,
-    evict,
-    fill_until_oom,
-    make_room,
-    pressure,
 )
 
 from lmcache_valkey.lmcache.l2_adapter import encode_object_key  # noqa: E402
@@ -70,12 +62,17 @@ def leading(found: list[bool]) -> int:
 # -- L2 adapter (multiprocess mode) -----------------------------------------------
 
 
+def _adapter_on_own_server(make_server, make_adapter, config):
+    """A server of the test's own with this memory config, its admin
+    connection, an L2 adapter on it and the adapter's blocking runner."""
+    s = make_server(config=config)
+    adapter = make_adapter(s.url, key_prefix=PREFIX, num_connections=2)
+    return mem.admin(s), adapter, Runner(adapter)
+
+
 def test_l2_stores_past_maxmemory_are_reported_failed_and_the_adapter_carries_on(
         make_server, make_adapter, alloc) -> None:
-    s = make_server(config=NOEVICTION)
-    r = admin(s)
-    adapter = make_adapter(s.url, key_prefix=PREFIX, num_connections=2)
-    run = Runner(adapter)
+    r, adapter, run = _adapter_on_own_server(make_server, make_adapter, mem.NOEVICTION)
 
     # More than there is room for: part stored, the rest refused (-OOM).
     keys = _keys(24)
@@ -92,7 +89,7 @@ def test_l2_stores_past_maxmemory_are_reported_failed_and_the_adapter_carries_on
         assert _bytes(d_obj) == (_bytes(s_obj) if hit else b"\xee" * d_obj.get_size())
 
     # Full: every store fails, lookups and loads answer, nothing raises.
-    fill_until_oom(r)
+    mem.fill_until_oom(r)
     more = _keys(4, start=100)
     assert not run.store(more, alloc(4)).is_successful()
     assert run.lookup(more) == [False] * 4
@@ -100,7 +97,7 @@ def test_l2_stores_past_maxmemory_are_reported_failed_and_the_adapter_carries_on
     assert status["closed"] is False and status["inflight_tasks"] == 0
 
     # Room again: stores succeed.
-    make_room(r)
+    mem.make_room(r)
     again = alloc(4)
     assert run.store(more, again).is_successful()
     assert run.lookup(more) == [True] * 4
@@ -108,15 +105,12 @@ def test_l2_stores_past_maxmemory_are_reported_failed_and_the_adapter_carries_on
 
 def test_l2_chunk_evicted_mid_prefix_lmcache_serves_only_the_chunks_before_it(
         make_server, make_adapter, alloc) -> None:
-    s = make_server(config=ALLKEYS_LRU)
-    r = admin(s)
-    adapter = make_adapter(s.url, key_prefix=PREFIX, num_connections=2)
-    run = Runner(adapter)
+    r, adapter, run = _adapter_on_own_server(make_server, make_adapter, mem.ALLKEYS_LRU)
     keys = _keys(6)
     src = alloc(6)
     assert run.store(keys, src).is_successful()
 
-    evict(r, PREFIX.encode() + encode_object_key(keys[3]))   # a real LRU eviction
+    mem.evict(r, PREFIX.encode() + encode_object_key(keys[3]))   # a real LRU eviction
     found = run.lookup(keys)
     assert found == [True, True, True, False, True, True]
     assert lmcache_prefix_hit(found) == 3
@@ -127,7 +121,7 @@ def test_l2_chunk_evicted_mid_prefix_lmcache_serves_only_the_chunks_before_it(
     # Under more pressure the server picks (approximately LRU): the lookup
     # still matches the server key for key, and the prefix ends at the
     # first missing chunk.
-    pressure(r, evicted_at_least=3)
+    mem.pressure(r, evicted_at_least=3)
     truth = [bool(r.exists(PREFIX.encode() + encode_object_key(k))) for k in keys]
     found = run.lookup(keys)
     assert found == truth
@@ -143,15 +137,15 @@ def chunk_name(i: int) -> str:
 
 def test_remote_connector_put_past_maxmemory_is_logged_not_raised(make_server,
                                                                   make_lm) -> None:
-    s = make_server(config=NOEVICTION)
-    r = admin(s)
+    s = make_server(config=mem.NOEVICTION)
+    r = mem.admin(s)
     lm = make_lm(plugin_keys(url=s.url, key_prefix=PREFIX))
-    fill_until_oom(r)
+    mem.fill_until_oom(r)
     lm.put({i: lm.chunk(i) for i in range(3)})             # completes; nothing raises
     assert [lm.remote.contains(key(i)) for i in range(3)] == [False] * 3
     assert lm.remote.batched_contains([key(i) for i in range(3)]) == 0
 
-    make_room(r)
+    mem.make_room(r)
     lm.put({i: lm.chunk(i) for i in range(3)})
     got = lm.remote.get_blocking(key(1))
     assert got is not None and content(got) == payload(1)
@@ -160,14 +154,14 @@ def test_remote_connector_put_past_maxmemory_is_logged_not_raised(make_server,
 
 def test_remote_connector_chunk_evicted_mid_prefix_counts_only_the_chunks_before_it(
         make_server, make_lm) -> None:
-    s = make_server(config=ALLKEYS_LRU)
-    r = admin(s)
+    s = make_server(config=mem.ALLKEYS_LRU)
+    r = mem.admin(s)
     lm = make_lm(plugin_keys(url=s.url, key_prefix=PREFIX))
     lm.put({i: lm.chunk(i) for i in range(6)})
     keys = [key(i) for i in range(6)]
     assert lm.remote.batched_contains(keys) == 6
 
-    evict(r, chunk_name(3))
+    mem.evict(r, chunk_name(3))
     assert lm.remote.batched_contains(keys) == 3
     assert lm.run(lm.remote.batched_async_contains("req", keys)) == 3
     loaded = lm.run(lm.remote.batched_get_non_blocking("req", keys))

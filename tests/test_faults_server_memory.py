@@ -9,15 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from server_pressure import (
-    ALLKEYS_LRU,
-    NOEVICTION,
-    admin,
-    evict,
-    fill_until_oom,
-    make_room,
-    pressure,
-)
+import server_pressure as mem
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(60)]
 
@@ -31,7 +23,7 @@ def values(n: int, seed: int) -> list[np.ndarray]:
 
 def test_sets_past_maxmemory_are_per_key_oom_results_and_the_client_carries_on(
         make_server, make_client) -> None:
-    s = make_server(config=NOEVICTION)
+    s = make_server(config=mem.NOEVICTION)
     c = make_client(s.url, num_connections=2)
     keys = [f"k{i}" for i in range(48)]           # 6 MiB into ~2 MiB of room
     vals = values(len(keys), 1)
@@ -58,15 +50,15 @@ def test_sets_past_maxmemory_are_per_key_oom_results_and_the_client_carries_on(
 
 
 def test_evicted_keys_read_as_misses_and_the_rest_stay_exact(make_server, make_client) -> None:
-    s = make_server(config=ALLKEYS_LRU)
-    r = admin(s)
+    s = make_server(config=mem.ALLKEYS_LRU)
+    r = mem.admin(s)
     c = make_client(s.url, key_prefix="p:", num_connections=2)
     keys = [f"k{i}" for i in range(8)]
     vals = values(len(keys), 2)
     assert all(c.batch_set(keys, vals))
 
-    evict(r, "p:k5")                               # a real eviction, of this key
-    pressure(r, evicted_at_least=4)                # and some of the server's choosing
+    mem.evict(r, "p:k5")                               # a real eviction, of this key
+    mem.pressure(r, evicted_at_least=4)                # and some of the server's choosing
     present = [bool(r.exists(f"p:{k}")) for k in keys]
     assert not present[5]
     assert c.batch_exists(keys) == present
@@ -81,11 +73,11 @@ def test_evicted_keys_read_as_misses_and_the_rest_stay_exact(make_server, make_c
 
 def test_writes_refused_while_full_then_accepted_after_the_fillers_go(make_server,
                                                                       make_client) -> None:
-    s = make_server(config=NOEVICTION)
-    r = admin(s)
+    s = make_server(config=mem.NOEVICTION)
+    r = mem.admin(s)
     c = make_client(s.url, num_connections=1)
-    fill_until_oom(r)
+    mem.fill_until_oom(r)
     result = c.batch_set(["a", "b"], [b"x" * 1024, b"y" * 1024])
     assert result == [False, False] and result.errors[0].code == "OOM"
-    make_room(r)
+    mem.make_room(r)
     assert c.batch_set(["a", "b"], [b"x" * 1024, b"y" * 1024]) == [True, True]

@@ -21,15 +21,7 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from server_pressure import (  # noqa: E402
-    ALLKEYS_LRU,
-    NOEVICTION,
-    admin,
-    evict,
-    fill_until_oom,
-    make_room,
-    pressure,
-)
+import server_pressure as mem  # noqa: E402
 from vllm_harness import (  # noqa: E402
     BLOCK,
     Worker,
@@ -55,9 +47,9 @@ def stored_blocks(w: Worker, out) -> dict[str, bytes]:
 
 def test_maxmemory_reached_saves_fail_per_block_and_serving_goes_on(model_dir, make_server,
                                                                    caplog) -> None:
-    s = make_server(config=NOEVICTION)
-    r = admin(s)
-    fill_until_oom(r)
+    s = make_server(config=mem.NOEVICTION)
+    r = mem.admin(s)
+    mem.fill_until_oom(r)
     vc = vllm_config(model_dir, {"url": s.url, "key_prefix": PREFIX})
     toks = tokens(200, seed=11)
 
@@ -78,7 +70,7 @@ def test_maxmemory_reached_saves_fail_per_block_and_serving_goes_on(model_dir, m
     assert computed_before_step(out) == 0 and errors == set()   # served by prefill
     assert out.kv_connector_metadata.loads == []
 
-    make_room(r)                                           # room again
+    mem.make_room(r)                                           # room again
     w3 = Worker(vc, seed=3)
     _, _, out, _ = run_prefill(vc, w3, toks)
     assert w3.connector._worker.blocks_saved == N_BLOCKS
@@ -93,8 +85,8 @@ def test_maxmemory_reached_saves_fail_per_block_and_serving_goes_on(model_dir, m
 
 def test_block_evicted_mid_prefix_only_the_blocks_before_it_are_loaded(model_dir,
                                                                        make_server) -> None:
-    s = make_server(config=ALLKEYS_LRU)
-    r = admin(s)
+    s = make_server(config=mem.ALLKEYS_LRU)
+    r = mem.admin(s)
     vc = vllm_config(model_dir, {"url": s.url, "key_prefix": PREFIX})
     toks = tokens(200, seed=12)
     w1 = Worker(vc, seed=1)
@@ -103,7 +95,7 @@ def test_block_evicted_mid_prefix_only_the_blocks_before_it_are_loaded(model_dir
     hashes = list(stored)
     assert len(hashes) == N_BLOCKS
 
-    evict(r, PREFIX + w1.connector.key_of(hashes[3]))     # a real LRU eviction
+    mem.evict(r, PREFIX + w1.connector.key_of(hashes[3]))     # a real LRU eviction
     assert [bool(r.exists(PREFIX + w1.connector.key_of(h))) for h in hashes] == \
         [True, True, True, False, True, True]
 
@@ -119,7 +111,7 @@ def test_block_evicted_mid_prefix_only_the_blocks_before_it_are_loaded(model_dir
 
     # Under more pressure the server picks what to evict (approximately
     # LRU): the lookup offers exactly the blocks before the first one gone.
-    pressure(r, evicted_at_least=3)
+    mem.pressure(r, evicted_at_least=3)
     present = [bool(r.exists(PREFIX + w1.connector.key_of(h))) for h in hashes]
     run = next((i for i, here in enumerate(present) if not here), N_BLOCKS)
     sched = scheduler(vc)

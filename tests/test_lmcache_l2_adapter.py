@@ -326,13 +326,20 @@ def test_server_killed_then_restarted(make_server, make_adapter, alloc, prefix, 
     assert adapter.report_status()["is_healthy"] is True
 
 
-def test_server_killed_with_tasks_in_flight(make_server, make_adapter, alloc, prefix):
+def _own_server_with_8_chunks(make_server, make_adapter, alloc, prefix, **params):
+    """A server of the test's own, an adapter on it, and 8 chunks stored."""
     srv = make_server()
-    adapter = make_adapter(srv.url, key_prefix=prefix, op_timeout_s=2.0, connect_timeout_s=1.0)
+    adapter = make_adapter(srv.url, key_prefix=prefix, **params)
     run = Runner(adapter)
     keys = _keys(8)
     src = alloc(8, BIG_SHAPE)
     assert run.store(keys, src).is_successful()
+    return srv, adapter, run, keys, src
+
+
+def test_server_killed_with_tasks_in_flight(make_server, make_adapter, alloc, prefix):
+    srv, adapter, run, keys, src = _own_server_with_8_chunks(
+        make_server, make_adapter, alloc, prefix, op_timeout_s=2.0, connect_timeout_s=1.0)
 
     dsts = [alloc(8, BIG_SHAPE, fill="zero") for _ in range(6)]
     load_ids = [adapter.submit_load_task(keys, d) for d in dsts]
@@ -352,12 +359,8 @@ def test_server_killed_with_tasks_in_flight(make_server, make_adapter, alloc, pr
 
 
 def test_close_with_tasks_in_flight(make_server, make_adapter, alloc, prefix):
-    srv = make_server()
-    adapter = make_adapter(srv.url, key_prefix=prefix)
-    run = Runner(adapter)
-    keys = _keys(8)
-    src = alloc(8, BIG_SHAPE)
-    assert run.store(keys, src).is_successful()
+    _, adapter, run, keys, src = _own_server_with_8_chunks(make_server, make_adapter, alloc,
+                                                           prefix)
 
     dsts = [alloc(8, BIG_SHAPE, fill="zero") for _ in range(4)]
     load_ids = [adapter.submit_load_task(keys, d) for d in dsts]
@@ -452,16 +455,21 @@ def test_password_never_shown(make_server, make_adapter, alloc, prefix, caplog):
 def test_raw_dict_config_is_accepted(server, prefix, alloc):
     adapter = ValkeyL2Adapter({"url": server.url, "key_prefix": prefix})
     try:
-        run = Runner(adapter)
-        src, dst = alloc(1), alloc(1, fill="zero")
-        assert run.store(_keys(1), src).is_successful()
-        assert run.load(_keys(1), dst) == [True]
-        assert _bytes(dst[0]) == _bytes(src[0])
+        _round_trip(adapter, alloc, 1)
     finally:
         adapter.close()
 
 
 # -- LMCache routes ------------------------------------------------------------
+
+
+def _round_trip(adapter, alloc, n: int) -> None:
+    """Store n fresh chunks through the adapter and load them back, byte-exact."""
+    run = Runner(adapter)
+    src, dst = alloc(n), alloc(n, fill="zero")
+    assert run.store(_keys(n), src).is_successful()
+    assert run.load(_keys(n), dst) == [True] * n
+    assert [_bytes(d) for d in dst] == [_bytes(s) for s in src]
 
 
 def _build(spec: dict, l1: torch.Tensor):
@@ -483,11 +491,7 @@ def test_plugin_route(server, prefix, alloc, raw, spec_extra):
     _, adapter = _build(spec, torch.zeros(1024, dtype=torch.uint8))
     try:
         assert isinstance(adapter, ValkeyL2Adapter)
-        run = Runner(adapter)
-        src, dst = alloc(2), alloc(2, fill="zero")
-        assert run.store(_keys(2), src).is_successful()
-        assert run.load(_keys(2), dst) == [True, True]
-        assert [_bytes(d) for d in dst] == [_bytes(s) for s in src]
+        _round_trip(adapter, alloc, 2)
         assert 0 < raw.pttl(prefix.encode() + encode_object_key(_keys(1)[0])) <= 120_000
     finally:
         adapter.close()
@@ -503,11 +507,7 @@ def test_register_and_short_type_name(server, prefix, alloc):
         assert isinstance(cfg, ValkeyL2AdapterConfig)
         assert cfg.eviction_config is not None  # LMCache's own keys still reach LMCache
         assert isinstance(adapter, ValkeyL2Adapter)
-        run = Runner(adapter)
-        src, dst = alloc(1), alloc(1, fill="zero")
-        assert run.store(_keys(1), src).is_successful()
-        assert run.load(_keys(1), dst) == [True]
-        assert _bytes(dst[0]) == _bytes(src[0])
+        _round_trip(adapter, alloc, 1)
     finally:
         adapter.close()
     with pytest.raises(ValueError, match="bogus"):
@@ -561,10 +561,7 @@ def test_password_from_environment(make_server, make_adapter, alloc, prefix, mon
     srv = make_server(password=secret)
     monkeypatch.setenv("VALKEY_PASSWORD", secret)
     adapter = make_adapter(srv.url, key_prefix=prefix)  # no password in the JSON
-    run = Runner(adapter)
-    src, dst = alloc(1), alloc(1, fill="zero")
-    assert run.store(_keys(1), src).is_successful()
-    assert run.load(_keys(1), dst) == [True]
+    _round_trip(adapter, alloc, 1)
     assert secret not in json.dumps(adapter.report_status(), default=str)
 
 

@@ -23,14 +23,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from server_pressure import (  # noqa: E402
-    ALLKEYS_LRU,
-    NOEVICTION,
-    admin,
-    evict,
-    fill_until_oom,
-    make_room,
-)
+import server_pressure as mem  # noqa: E402
+from closing import closing_factory  # noqa: E402
 
 from lmcache_valkey.errors import ConfigError  # noqa: E402
 from lmcache_valkey.sglang.config import HiCacheValkeyConfig  # noqa: E402
@@ -104,18 +98,13 @@ def storage_config(extra: dict, tp_rank: int = 0, tp_size: int = 1, model: str =
 
 @pytest.fixture
 def make_store():
-    stores = []
-
-    def make(extra: dict, pool=None, **kw) -> ValkeyPageStore:
+    def build(extra: dict, pool=None, **kw) -> ValkeyPageStore:
         s = ValkeyPageStore(storage_config({"op_timeout_s": 10, **extra}, **kw), env={})
         if pool is not None:
             s.register_pool(pool)
-        stores.append(s)
         return s
 
-    yield make
-    for s in stores:
-        s.close()
+    yield from closing_factory(build)
 
 
 def idx(*pages: int):
@@ -377,8 +366,8 @@ def test_server_stalled_calls_time_out_then_recover(make_server, make_store) -> 
 
 def test_maxmemory_reached_pages_are_not_stored_and_nothing_raises(make_server, make_store,
                                                                     caplog) -> None:
-    srv = make_server(config=NOEVICTION)
-    fill_until_oom(admin(srv))
+    srv = make_server(config=mem.NOEVICTION)
+    mem.fill_until_oom(mem.admin(srv))
     pool = FakeMHAHostPool("page_first", head_dim=4096)     # 192 KiB pages
     s = make_store({"url": srv.url}, pool)
     with caplog.at_level("WARNING", logger="lmcache_valkey.sglang.page_store"):
@@ -386,17 +375,17 @@ def test_maxmemory_reached_pages_are_not_stored_and_nothing_raises(make_server, 
         assert s.batch_set(HASHES[:1], [pool.get_data_page(0)]) is False
     assert "3 of 3 pages not stored (e.g. OOM" in caplog.text
     assert s.batch_exists(HASHES[:3]) == 0
-    make_room(admin(srv))                                   # room again
+    mem.make_room(mem.admin(srv))                                   # room again
     assert s.batch_set_v1(HASHES[:3], idx(0, 1, 2)) == [True] * 3
 
 
 def test_a_page_evicted_mid_prefix_ends_the_hit_run_there(make_server, make_store) -> None:
-    srv = make_server(config=ALLKEYS_LRU)
+    srv = make_server(config=mem.ALLKEYS_LRU)
     pool = FakeMHAHostPool("page_first")
     pool.fill_random(4)
     s = make_store({"url": srv.url}, pool)
     assert s.batch_set_v1(HASHES[:4], idx(0, 1, 2, 3)) == [True] * 4
-    evict(admin(srv), "hicache:" + s.namespace + HASHES[2])   # the server's own eviction
+    mem.evict(mem.admin(srv), "hicache:" + s.namespace + HASHES[2])   # the server's own eviction
     assert s.batch_exists(HASHES[:4]) == 2
     assert s.batch_get_v1(HASHES[:4], idx(4, 5, 6, 7)) == [True, True, False, True]
     assert pool.page_bytes(5 * PAGE) == pool.page_bytes(1 * PAGE)

@@ -13,7 +13,6 @@ wrong bytes.
 from __future__ import annotations
 
 import dataclasses
-import random
 import time
 
 import pytest
@@ -28,15 +27,11 @@ from vllm_harness import (  # noqa: E402
     Worker,
     block_content,
     request,
+    tokens,
     vllm_config,
 )
 
 from lmcache_valkey.vllm.ranks import Replication  # noqa: E402
-
-
-def tokens(n: int, seed: int) -> list[int]:
-    rng = random.Random(seed)
-    return [rng.randrange(10, 2000) for _ in range(n)]
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ scheduler and requests against a real Valkey server."""
 from __future__ import annotations
 
 import functools
-import random
 
 import pytest
 
@@ -23,16 +22,11 @@ from vllm.distributed.kv_transfer.kv_connector.v1.metrics import (  # noqa: E402
     KVConnectorLogging,
     KVConnectorProm,
 )
-from vllm_harness import BLOCK, Engine, Worker, request, vllm_config  # noqa: E402
+from vllm_harness import BLOCK, Engine, Worker, request, tokens, vllm_config  # noqa: E402
 
 from lmcache_valkey import ValkeyClient  # noqa: E402
 from lmcache_valkey.vllm.connector import ValkeyConnector  # noqa: E402
 from lmcache_valkey.vllm.stats import ValkeyConnectorStats  # noqa: E402
-
-
-def tokens(n: int, seed: int) -> list[int]:
-    rng = random.Random(seed)
-    return [rng.randrange(10, 2000) for _ in range(n)]
 
 
 def step(vc, worker: Worker, toks: list[int]) -> ValkeyConnectorStats:

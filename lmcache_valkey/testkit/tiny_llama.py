@@ -22,7 +22,9 @@ Only the standard library is needed at import time; building needs ``torch``,
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import math
 import os
 import random
 import shutil
@@ -149,9 +151,8 @@ class _SentenceMaker:
             parts.append(r.choice(_ADJECTIVES))
         parts.append(r.choice(self.nouns))
         if r.random() < 0.15:
-            parts.append(
-                f"{r.choice(_PREPOSITIONS)} {r.choice(_DETERMINERS)} {r.choice(self.nouns)}"
-            )
+            where = f"{r.choice(_PREPOSITIONS)} {r.choice(_DETERMINERS)} {r.choice(self.nouns)}"
+            parts.append(where)
         return " ".join(parts)
 
     def _clause(self) -> str:
@@ -166,9 +167,8 @@ class _SentenceMaker:
         if r.random() < 0.15:
             parts.append(f"in {r.randint(1200, 2099)}")
         elif r.random() < 0.1:
-            parts.append(
-                f"for {r.randint(2, 999)} {r.choice(('days', 'hours', 'miles', 'coins', 'pages'))}"
-            )
+            count = r.randint(2, 999)  # drawn before the unit, as always: same corpus
+            parts.append(f"for {count} {r.choice(('days', 'hours', 'miles', 'coins', 'pages'))}")
         return " ".join(parts)
 
     def sentence(self) -> str:
@@ -272,26 +272,16 @@ def _param_shapes(
     return shapes
 
 
-def count_parameters(
-    *,
-    hidden_size: int = 256,
-    num_layers: int = 2,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    intermediate_size: int = 512,
-    vocab_size: int = 2048,
-    **_ignored: Any,
-) -> int:
-    """Parameter count of the model `build_tiny_llama` writes for these arguments."""
-    total = 0
-    for shape in _param_shapes(
-        hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size, vocab_size
-    ).values():
-        n = 1
-        for d in shape:
-            n *= d
-        total += n
-    return total
+def count_parameters(**args: Any) -> int:
+    """Parameter count of the model `build_tiny_llama` writes for these
+    arguments (its defaults for the ones not given; the others, such as
+    `seed`, do not change the count)."""
+    size = {name: p.default for name, p in inspect.signature(build_tiny_llama).parameters.items()
+            if p.default is not p.empty}
+    size.update(args)
+    shapes = _param_shapes(size["hidden_size"], size["num_layers"], size["num_heads"],
+                           size["num_kv_heads"], size["intermediate_size"], size["vocab_size"])
+    return sum(math.prod(shape) for shape in shapes.values())
 
 
 def _make_weights(
