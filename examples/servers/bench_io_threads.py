@@ -7,7 +7,7 @@ same keys, values and pre-touched destinations), so machine noise spreads
 over every configuration. Prints median GB/s per (server, io-threads,
 client, op) and the io-threads N / io-threads 1 ratio.
 
-    python examples/servers/bench_io_threads.py --servers valkey8,valkey9 \
+    .venv/bin/python examples/servers/bench_io_threads.py --servers valkey8,valkey9 \
         --io-threads 1,2 --value-size 4MiB --keys 32 --rounds 7
 """
 
