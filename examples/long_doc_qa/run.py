@@ -28,6 +28,7 @@ equal ``none``'s. ``--hook-timings`` adds the wall time of each connector hook
 
     .venv/bin/python examples/long_doc_qa/run.py                 # 8 docs x 1200 tokens
     .venv/bin/python examples/long_doc_qa/run.py --num-docs 4    # faster
+    .venv/bin/python examples/long_doc_qa/run.py --configs none,valkey --num-docs 4 --plot ttft.png
     .venv/bin/python examples/long_doc_qa/run.py --max-inflight-requests 4 --hit-miss-ratio 2:1
 
 The model is a local 89M-parameter Llama with random weights
@@ -177,7 +178,8 @@ class VllmServer:
         log = open(self.log_path, "wb")
         t0 = time.monotonic()
         # cwd outside any checkout: `python -m` puts the cwd first on sys.path, and a
-        # source tree (no compiled _native) would shadow the installed package.
+        # source tree without its compiled _native (one `make install` did not
+        # complete) would shadow the installed package.
         proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT,
                                 env={**os.environ, **self.env_extra, **(env or {})},
                                 start_new_session=True, cwd=self.log_dir)
