@@ -101,10 +101,10 @@ install: $(STAMP)
 
 # Each step says what it installs and how long it took here (2 cores, wheels
 # on local disk; downloading them takes longer); pip lists what it collects.
-step = @echo "== set-up $(1): $(2)"
+step = @echo "== [$$(date +%T)] set-up $(1): $(2)"
 
 $(STAMP): $(SOURCES)
-	@echo "== set-up of $(VENV): ~4-6 min the first time, ~1 min after a source change"
+	@echo "== [$$(date +%T)] set-up of $(VENV): ~4-6 min the first time, ~1 min after a source change"
 	$(call step,1/4,virtual environment $(VENV) and the newest pip (~10 s))
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
@@ -117,7 +117,7 @@ $(STAMP): $(SOURCES)
 	rm -f lmcache_valkey/_native*.so
 	cp $(VENV)/lib/python3*/site-packages/lmcache_valkey/_native*.so lmcache_valkey/
 	touch $@
-	@echo "== set-up of $(VENV) done"
+	@echo "== [$$(date +%T)] set-up of $(VENV) done"
 
 clean:
 	rm -rf $(VENV) $(ASAN_VENV) $(SGLANG_VENV) build *.egg-info cython_ext/*.c lmcache_valkey/_native*.so

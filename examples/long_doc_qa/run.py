@@ -135,6 +135,46 @@ def redact(text: str) -> str:
     return re.sub(r'("password"\s*:\s*")[^"]*(")', r"\1***\2", text)
 
 
+# vLLM prefixes its processes' lines with "(EngineCore_DP0 pid=123) ".
+_PROCESS_PREFIX = re.compile(r"^\([\w-]+ pid=\d+\) ")
+
+
+def failure_excerpt(log: str, tail_lines: int = 15) -> str:
+    """Every traceback in a server log, whole, with the line before it, then the log's end.
+
+    A plain tail is not enough: when a plugin fails to load (e.g. an
+    uncompiled source tree shadowing the installed package), vLLM logs that
+    traceback first and goes on until a later, unrelated-looking error
+    ("Unsupported connector type") ends it, thousands of characters on.
+    """
+    lines = log.splitlines()
+    keep: set[int] = set(range(max(0, len(lines) - tail_lines), len(lines)))
+    i = 0
+    while i < len(lines):
+        if "Traceback (most recent call last)" not in lines[i]:
+            i += 1
+            continue
+        keep.update((i - 1, i) if i else (i,))
+        i += 1
+        # The frames are indented; the exception is the first line that is not,
+        # and its message may go on, indented, below it (pydantic's does).
+        while i < len(lines) and _PROCESS_PREFIX.sub("", lines[i])[:1].isspace():
+            keep.add(i)
+            i += 1
+        while i < len(lines):
+            keep.add(i)
+            i += 1
+            if i < len(lines) and not _PROCESS_PREFIX.sub("", lines[i])[:1].isspace():
+                break
+    out, last = [], -1
+    for n in sorted(keep):
+        if n != last + 1:
+            out.append("    [...]")
+        out.append(lines[n])
+        last = n
+    return "\n".join(out)
+
+
 class VllmServer:
     """One ``python -m vllm.entrypoints.openai.api_server`` in its own process group."""
 
@@ -220,46 +260,6 @@ class VllmServer:
         if self.log_path is None or not self.log_path.exists():
             return ""
         return failure_excerpt(self.log_path.read_text(errors="replace"))
-
-
-# vLLM prefixes its processes' lines with "(EngineCore_DP0 pid=123) ".
-_PROCESS_PREFIX = re.compile(r"^\([\w-]+ pid=\d+\) ")
-
-
-def failure_excerpt(log: str, tail_lines: int = 15) -> str:
-    """Every traceback in a server log, whole, with the line before it, then the log's end.
-
-    A plain tail is not enough: when a plugin fails to load (e.g. an
-    uncompiled source tree shadowing the installed package), vLLM logs that
-    traceback first and goes on until a later, unrelated-looking error
-    ("Unsupported connector type") ends it, thousands of characters on.
-    """
-    lines = log.splitlines()
-    keep: set[int] = set(range(max(0, len(lines) - tail_lines), len(lines)))
-    i = 0
-    while i < len(lines):
-        if "Traceback (most recent call last)" not in lines[i]:
-            i += 1
-            continue
-        keep.update((i - 1, i) if i else (i,))
-        i += 1
-        # The frames are indented; the exception is the first line that is not,
-        # and its message may go on, indented, below it (pydantic's does).
-        while i < len(lines) and _PROCESS_PREFIX.sub("", lines[i])[:1].isspace():
-            keep.add(i)
-            i += 1
-        while i < len(lines):
-            keep.add(i)
-            i += 1
-            if i < len(lines) and not _PROCESS_PREFIX.sub("", lines[i])[:1].isspace():
-                break
-    out, last = [], -1
-    for n in sorted(keep):
-        if n != last + 1:
-            out.append("    [...]")
-        out.append(lines[n])
-        last = n
-    return "\n".join(out)
 
     def metrics(self) -> dict[str, float]:
         """Prometheus counters/gauges summed over their label sets."""
@@ -563,11 +563,11 @@ def plot_ttft(configs: list[dict[str, Any]], title: str, path: Path) -> None:
         raise RuntimeError("--plot needs matplotlib: pip install matplotlib") from None
     fig, axes = plt.subplots(1, len(configs), figsize=(4.5 * len(configs), 4), sharey=True,
                              squeeze=False)
-    for ax, cfg in zip(axes[0], configs):
+    for ax, cfg in zip(axes[0], configs, strict=True):
         rounds = [("warm-up", cfg["warmup"]["requests"])]
         rounds += [(f"query {i + 1}" if len(cfg["query_rounds"]) > 1 else "query (after restart)",
                     r["requests"]) for i, r in enumerate(cfg["query_rounds"])]
-        for x, (label, requests) in enumerate(rounds):
+        for x, (_label, requests) in enumerate(rounds):
             ttfts = [r["ttft"] for r in requests]
             ax.bar(x, statistics.fmean(ttfts), color="tab:gray" if x == 0 else "tab:red",
                    alpha=0.6)
