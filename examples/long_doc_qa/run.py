@@ -518,7 +518,15 @@ def build_rows(configs: list[dict[str, Any]], tol: float) -> tuple[list[str], li
                      fmt_ratio(c, base), fmt_ratio(c, example),
                      "-" if hits is None else f"{hits:.0f}",
                      fmt_identical(c, "repeated", tol), fmt_identical(c, "fresh", tol)])
-    return header, rows
+    return without_empty_columns(header, rows)
+
+
+def without_empty_columns(header: list[str], rows: list[list[str]]
+                          ) -> tuple[list[str], list[list[str]]]:
+    """Drop the columns no row has a figure in (no fresh documents, no ``example``...)."""
+    keep = [i for i in range(len(header))
+            if any(r[i] not in ("-", "n/a", "(reference)") for r in rows)]
+    return [header[i] for i in keep], [[r[i] for i in keep] for r in rows]
 
 
 def print_table(configs: list[dict[str, Any]], title: str, tol: float) -> None:
