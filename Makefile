@@ -99,19 +99,20 @@ $(SGLANG_VENV)/.installed: $(SOURCES)
 
 install: $(STAMP)
 
-# Each step says what it installs and how long it took here (2 cores, wheels
-# on local disk; downloading them takes longer); pip lists what it collects.
+# Each step says what it installs and how long it took here from a fresh
+# clone (2 shared cores, wheels on local disk: 4 min 12 s in all; downloading
+# them takes longer); pip lists what it collects.
 step = @echo "== [$$(date +%T)] set-up $(1): $(2)"
 
 $(STAMP): $(SOURCES)
-	@echo "== [$$(date +%T)] set-up of $(VENV): ~4-6 min the first time, ~1 min after a source change"
+	@echo "== [$$(date +%T)] set-up of $(VENV): ~4-5 min the first time, under a minute after a source change"
 	$(call step,1/4,virtual environment $(VENV) and the newest pip (~10 s))
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(call step,2/4,$(TORCH) and $(or $(VLLM),no vLLM) with their dependencies (~2-3 min the first time))
+	$(call step,2/4,$(TORCH) and $(or $(VLLM),no vLLM) with their dependencies (~3 min the first time))
 	$(BIN)/python -m pip install $(TORCH) $(VLLM)
 	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
-	$(call step,3/4,this package built from the checkout (Cython + C compile ~1 min) with its test/bench/lmcache extras)
+	$(call step,3/4,this package built from the checkout (Cython + C compile) with its test/bench/lmcache extras (~1-2 min the first time))
 	$(BIN)/python -m pip install $(TORCH) ".[test,bench,lmcache]"
 	$(call step,4/4,the same extension into the checkout's lmcache_valkey/ (see the top of this file))
 	rm -f lmcache_valkey/_native*.so
