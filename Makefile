@@ -23,14 +23,15 @@ STAMP := $(VENV)/.installed
 # look stale after another venv's build.
 SOURCES := pyproject.toml setup.py MANIFEST.in $(wildcard cython_ext/*.pyx cython_ext/*.pxi) $(wildcard lmcache_valkey/*.py lmcache_valkey/*/*.py)
 
-.PHONY: demo bench test microbench fuzz asan install clean sglang-venv test-sglang
+.PHONY: bench test microbench fuzz asan install clean sglang-venv test-sglang
 
 # The long-document QA of examples/long_doc_qa on vLLM's CPU build and a
 # local 89M Llama (built once into ~/.cache/lmcache_valkey): no connector vs
 # the ValkeyConnector on an embedded Valkey, across a vLLM restart. 4 server
-# starts and 4 documents: ~4 minutes on 2 cores.
+# starts and 4 documents: ~5 minutes on 2 shared cores, most of it vLLM starting.
 DEMO_ARGS ?= --configs none,valkey --num-docs 4 --plot long-doc-qa-ttft.png
 
+.PHONY: demo
 demo: $(STAMP)                 ## the main job: vLLM long-doc QA, no connector vs Valkey (TTFT table + plot)
 	$(BIN)/python examples/long_doc_qa/run.py $(DEMO_ARGS) $(ARGS)
 
