@@ -28,7 +28,7 @@ SOURCES := pyproject.toml setup.py MANIFEST.in $(wildcard cython_ext/*.pyx cytho
 # The long-document QA of examples/long_doc_qa on vLLM's CPU build and a
 # local 89M Llama (built once into ~/.cache/lmcache_valkey): no connector vs
 # the ValkeyConnector on an embedded Valkey, across a vLLM restart. 4 server
-# starts and 4 documents: ~5 minutes on 2 shared cores, most of it vLLM starting.
+# starts and 4 documents: 3-5 minutes on 2 shared cores, most of it vLLM starting.
 DEMO_ARGS ?= --configs none,valkey --num-docs 4 --plot long-doc-qa-ttft.png
 
 .PHONY: demo
@@ -101,12 +101,12 @@ $(SGLANG_VENV)/.installed: $(SOURCES)
 install: $(STAMP)
 
 # Each step says what it installs and how long it took here from a fresh
-# clone (2 shared cores, wheels on local disk: 4 min 12 s in all; downloading
-# them takes longer); pip lists what it collects.
+# clone (2 shared cores, wheels on local disk: 2 min 50 s to 4 min 12 s in
+# all; downloading them takes longer); pip lists what it collects.
 step = @echo "== [$$(date +%T)] set-up $(1): $(2)"
 
 $(STAMP): $(SOURCES)
-	@echo "== [$$(date +%T)] set-up of $(VENV): ~4-5 min the first time, under a minute after a source change"
+	@echo "== [$$(date +%T)] set-up of $(VENV): ~3-5 min the first time, under a minute after a source change"
 	$(call step,1/4,virtual environment $(VENV) and the newest pip (~10 s))
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
