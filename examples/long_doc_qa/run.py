@@ -580,11 +580,16 @@ def plot_ttft(configs: list[dict[str, Any]], title: str, path: Path) -> None:
             ax.bar(x, statistics.fmean(ttfts), color="tab:gray" if x == 0 else "tab:red",
                    alpha=0.6)
             ax.plot([x] * len(ttfts), ttfts, "k.", markersize=4)
-            ax.annotate(f"{statistics.fmean(ttfts):.2f} s", (x, statistics.fmean(ttfts)),
-                        ha="center", va="bottom", fontsize=8)
+            # The mean's label above the slowest request's dot, so neither hides the other.
+            ax.annotate(f"mean {statistics.fmean(ttfts):.2f} s", (x, max(ttfts)),
+                        xytext=(0, 4), textcoords="offset points", ha="center", va="bottom",
+                        fontsize=8)
         ax.set_xticks(range(len(rounds)), [label for label, _ in rounds])
         ax.set_title(cfg["name"])
         ax.grid(axis="y", alpha=0.3)
+    highest = max(r["ttft"] for cfg in configs for rnd in [cfg["warmup"], *cfg["query_rounds"]]
+                  for r in rnd["requests"])
+    axes[0][0].set_ylim(0, 1.12 * highest)  # room for the labels above the dots
     axes[0][0].set_ylabel("TTFT (s): mean (bar), each request (dot)")
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
