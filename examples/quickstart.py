@@ -1,7 +1,7 @@
 """Store and load KV-cache-sized chunks with lmcache_valkey.
 
-    python examples/quickstart.py                       # embedded Valkey
-    VALKEY_HOST=10.0.0.5 python examples/quickstart.py  # your server
+    .venv/bin/python examples/quickstart.py                       # embedded Valkey
+    VALKEY_HOST=10.0.0.5 .venv/bin/python examples/quickstart.py  # your server
 """
 
 import asyncio

@@ -197,7 +197,7 @@ def _measure_size(clients: list[BenchClient], value_bytes: int, keys: int, exist
             if present != min(keys, exists_keys):
                 raise RuntimeError(f"{client.name}: EXISTS counted {present}, "
                                    f"expected {min(keys, exists_keys)}")
-        progress()
+        progress(_round_bytes(len(clients), keys, value_bytes), value_bytes)
     out = []
     for client in clients:
         for op in OPS:
@@ -229,7 +229,8 @@ def run_bench(url: str | None, *, value_sizes: list[int], keys: int, exists_keys
             raise RuntimeError("no client to measure")
         try:
             figures: list[Figures] = []
-            with _progress_bar(len(value_sizes) * (warmup + rounds), show_progress) as tick:
+            total = sum(_round_bytes(len(opened), keys, size) for size in value_sizes)
+            with _progress_bar(total * (warmup + rounds), show_progress) as tick:
                 for size in value_sizes:
                     figures += _measure_size(opened, size, keys, exists_keys, rounds, warmup, tick)
             if cluster_url:
@@ -249,24 +250,42 @@ def run_bench(url: str | None, *, value_sizes: list[int], keys: int, exists_keys
     }
 
 
+def _round_bytes(clients: int, keys: int, value_bytes: int) -> int:
+    """Value bytes one round moves: every client SETs and GETs every key."""
+    return 2 * clients * keys * value_bytes
+
+
 @contextlib.contextmanager
-def _progress_bar(total: int, enabled: bool) -> Iterator[Any]:
+def _progress_bar(total_bytes: int, enabled: bool) -> Iterator[Any]:
+    """Progress in value bytes moved, so the ETA is remaining bytes / recent rate.
+
+    Counted in rounds it was wrong by minutes: the default sweep's 32 MiB
+    rounds move 512 times the bytes of its 64 KiB ones and take about that much
+    longer, so the rate of the first (small) rounds promised an early end.
+    """
     if not enabled:
-        yield lambda: None
+        yield lambda nbytes, value_bytes: None
         return
     try:
         from tqdm import tqdm
-    except ImportError:  # plain fallback: one line per tick
+    except ImportError:  # plain fallback: one line per round
         done = [0]
 
-        def tick() -> None:
-            done[0] += 1
-            print(f"  round {done[0]}/{total}", file=sys.stderr)
+        def tick(nbytes: int, value_bytes: int) -> None:
+            done[0] += nbytes
+            print(f"  {_human(value_bytes)} round done: {done[0] / total_bytes:.0%} of the "
+                  f"bytes", file=sys.stderr)
 
         yield tick
         return
-    with tqdm(total=total, unit="round", file=sys.stderr, leave=False) as bar:
-        yield lambda: bar.update(1)
+    with tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
+              file=sys.stderr, leave=False) as bar:
+
+        def update(nbytes: int, value_bytes: int) -> None:
+            bar.set_description(f"{_human(value_bytes)} rounds", refresh=False)
+            bar.update(nbytes)
+
+        yield update
 
 
 def _server_version(host: str | None, port: int | None, unix_path: str | None,

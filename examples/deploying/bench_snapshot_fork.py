@@ -3,7 +3,7 @@
 client's batches see while it runs (they ride through: the fork stalls the
 server for milliseconds, far below any op timeout).
 
-    python examples/deploying/bench_snapshot_fork.py --sizes 512MiB,1GiB,2GiB
+    .venv/bin/python examples/deploying/bench_snapshot_fork.py --sizes 512MiB,1GiB,2GiB
 
 Each size: a fresh embedded server with a data directory (``--data-dir``
 semantics), filled with 4 MiB values, then ``BGSAVE`` while one client keeps

@@ -1,7 +1,7 @@
 """What the ``checksum`` option costs: GET/SET GB/s with none, xxh3, crc32c.
 
-    python examples/integrity/bench_checksum.py                 # embedded Valkey
-    python examples/integrity/bench_checksum.py --url valkey://host:6379 --rounds 20
+    .venv/bin/python examples/integrity/bench_checksum.py                 # embedded Valkey
+    .venv/bin/python examples/integrity/bench_checksum.py --url valkey://host:6379 --rounds 20
 
 One client per setting on the same server, ``--keys`` values of
 ``--value-size`` bytes per batch, rounds interleaved with the client order

@@ -9,7 +9,7 @@ gives the median store and load GB/s over the rounds and ours/resp. Our
 adapter runs with data verification on (`--no-skip-verify`); resp with it on
 too, so both pay the same check outside the timed part.
 
-    python examples/lmcache/bench_l2_servers.py --servers valkey9,valkey8,redis7 \
+    .venv/bin/python examples/lmcache/bench_l2_servers.py --servers valkey9,valkey8,redis7 \
         --data-size-kb 4096 --num-keys 32 --turns 5
 
 Figures only: the machine's noise decides how many turns you need.

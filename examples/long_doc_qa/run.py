@@ -26,9 +26,10 @@ the query round and whether the query round's generated tokens and logprobs
 equal ``none``'s. ``--hook-timings`` adds the wall time of each connector hook
 (``lmcache_valkey.vllm.hook_timing``).
 
-    python examples/long_doc_qa/run.py                 # 8 docs x 1200 tokens
-    python examples/long_doc_qa/run.py --num-docs 4    # faster
-    python examples/long_doc_qa/run.py --max-inflight-requests 4 --hit-miss-ratio 2:1
+    .venv/bin/python examples/long_doc_qa/run.py                 # 8 docs x 1200 tokens
+    .venv/bin/python examples/long_doc_qa/run.py --num-docs 4    # faster
+    .venv/bin/python examples/long_doc_qa/run.py --configs none,valkey --num-docs 4 --plot ttft.png
+    .venv/bin/python examples/long_doc_qa/run.py --max-inflight-requests 4 --hit-miss-ratio 2:1
 
 The model is a local 89M-parameter Llama with random weights
 (``lmcache_valkey.testkit.tiny_llama``), built once into ``--model-dir``.
@@ -131,6 +132,46 @@ def redact(text: str) -> str:
     return re.sub(r'("password"\s*:\s*")[^"]*(")', r"\1***\2", text)
 
 
+# vLLM prefixes its processes' lines with "(EngineCore_DP0 pid=123) ".
+_PROCESS_PREFIX = re.compile(r"^\([\w-]+ pid=\d+\) ")
+
+
+def failure_excerpt(log: str, tail_lines: int = 15) -> str:
+    """Every traceback in a server log, whole, with the line before it, then the log's end.
+
+    A plain tail is not enough: when a plugin fails to load (e.g. an
+    uncompiled source tree shadowing the installed package), vLLM logs that
+    traceback first and goes on until a later, unrelated-looking error
+    ("Unsupported connector type") ends it, thousands of characters on.
+    """
+    lines = log.splitlines()
+    keep: set[int] = set(range(max(0, len(lines) - tail_lines), len(lines)))
+    i = 0
+    while i < len(lines):
+        if "Traceback (most recent call last)" not in lines[i]:
+            i += 1
+            continue
+        keep.update((i - 1, i) if i else (i,))
+        i += 1
+        # The frames are indented; the exception is the first line that is not,
+        # and its message may go on, indented, below it (pydantic's does).
+        while i < len(lines) and _PROCESS_PREFIX.sub("", lines[i])[:1].isspace():
+            keep.add(i)
+            i += 1
+        while i < len(lines):
+            keep.add(i)
+            i += 1
+            if i < len(lines) and not _PROCESS_PREFIX.sub("", lines[i])[:1].isspace():
+                break
+    out, last = [], -1
+    for n in sorted(keep):
+        if n != last + 1:
+            out.append("    [...]")
+        out.append(lines[n])
+        last = n
+    return "\n".join(out)
+
+
 class VllmServer:
     """One ``python -m vllm.entrypoints.openai.api_server`` in its own process group."""
 
@@ -174,7 +215,8 @@ class VllmServer:
         with open(self.log_path, "wb") as log:  # the child keeps its own copy of the fd
             t0 = time.monotonic()
             # cwd outside any checkout: `python -m` puts the cwd first on sys.path, and a
-            # source tree (no compiled _native) would shadow the installed package.
+            # source tree without its compiled _native (one `make install` did not
+            # complete) would shadow the installed package.
             proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT,
                                     env={**os.environ, **self.env_extra, **(env or {})},
                                     start_new_session=True, cwd=self.log_dir)
@@ -185,7 +227,7 @@ class VllmServer:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(f"vLLM ({self.name}) exited with {proc.returncode}; "
-                                   f"log {self.log_path}:\n{self.log_tail()}")
+                                   f"log {self.log_path}:\n{self.failure_report()}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2):
                     return time.monotonic() - t0
@@ -193,7 +235,7 @@ class VllmServer:
                 time.sleep(0.5)
         self.stop()
         raise RuntimeError(f"vLLM ({self.name}) not up after {self.start_timeout} s; "
-                           f"log {self.log_path}:\n{self.log_tail()}")
+                           f"log {self.log_path}:\n{self.failure_report()}")
 
     def stop(self) -> None:
         if self.proc is None:
@@ -208,6 +250,12 @@ class VllmServer:
         if self.log_path is None or not self.log_path.exists():
             return ""
         return self.log_path.read_text(errors="replace")[-n:]
+
+    def failure_report(self) -> str:
+        """What to print when the server died: its tracebacks and the end of its log."""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return failure_excerpt(self.log_path.read_text(errors="replace"))
 
     def metrics(self) -> dict[str, float]:
         """Prometheus counters/gauges summed over their label sets."""
@@ -465,7 +513,15 @@ def build_rows(configs: list[dict[str, Any]], tol: float) -> tuple[list[str], li
                      fmt_ratio(c, base), fmt_ratio(c, example),
                      "-" if hits is None else f"{hits:.0f}",
                      fmt_identical(c, "repeated", tol), fmt_identical(c, "fresh", tol)])
-    return header, rows
+    return without_empty_columns(header, rows)
+
+
+def without_empty_columns(header: list[str], rows: list[list[str]]
+                          ) -> tuple[list[str], list[list[str]]]:
+    """Drop the columns no row has a figure in (no fresh documents, no ``example``...)."""
+    keep = [i for i in range(len(header))
+            if any(r[i] not in ("-", "n/a", "(reference)") for r in rows)]
+    return [header[i] for i in keep], [[r[i] for i in keep] for r in rows]
 
 
 def print_table(configs: list[dict[str, Any]], title: str, tol: float) -> None:
@@ -497,6 +553,42 @@ def markdown_rows(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def plot_ttft(configs: list[dict[str, Any]], title: str, path: Path) -> None:
+    """Each request's TTFT, warm-up round beside query round(s), one panel per configuration."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RuntimeError("--plot needs matplotlib: pip install matplotlib") from None
+    fig, axes = plt.subplots(1, len(configs), figsize=(4.5 * len(configs), 4), sharey=True,
+                             squeeze=False)
+    for ax, cfg in zip(axes[0], configs, strict=True):
+        rounds = [("warm-up", cfg["warmup"]["requests"])]
+        rounds += [(f"query {i + 1}" if len(cfg["query_rounds"]) > 1 else "query (after restart)",
+                    r["requests"]) for i, r in enumerate(cfg["query_rounds"])]
+        for x, (_label, requests) in enumerate(rounds):
+            ttfts = [r["ttft"] for r in requests]
+            ax.bar(x, statistics.fmean(ttfts), color="tab:gray" if x == 0 else "tab:red",
+                   alpha=0.6)
+            ax.plot([x] * len(ttfts), ttfts, "k.", markersize=4)
+            # The mean's label above the slowest request's dot, so neither hides the other.
+            ax.annotate(f"mean {statistics.fmean(ttfts):.2f} s", (x, max(ttfts)),
+                        xytext=(0, 4), textcoords="offset points", ha="center", va="bottom",
+                        fontsize=8)
+        ax.set_xticks(range(len(rounds)), [label for label, _ in rounds])
+        ax.set_title(cfg["name"])
+        ax.grid(axis="y", alpha=0.3)
+    highest = max(r["ttft"] for cfg in configs for rnd in [cfg["warmup"], *cfg["query_rounds"]]
+                  for r in rnd["requests"])
+    axes[0][0].set_ylim(0, 1.12 * highest)  # room for the labels above the dots
+    axes[0][0].set_ylabel("TTFT (s): mean (bar), each request (dot)")
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def flush_hook_timings(server: VllmServer, timeout: float) -> None:
@@ -645,6 +737,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--logprob-tolerance", type=float, default=1e-4,
                    help="max |Δlogprob| still reported as identical")
     p.add_argument("--json", type=Path, default=None, help="write raw figures here")
+    p.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
+                   help="also plot each request's TTFT per configuration and round "
+                        "(needs matplotlib)")
     args = p.parse_args(argv)
     if args.max_num_batched_tokens is None:
         args.max_num_batched_tokens = args.max_inflight_requests * args.max_model_len
@@ -776,7 +871,7 @@ def main(argv: list[str] | None = None) -> int:
                 # must not cost the figures of the others.
                 cfg["failed"] = f"{phase} round: {e!r} (log {server.log_path})"
                 print(f"[{name}] FAILED in the {phase} round: {e!r}; vLLM log "
-                      f"{server.log_path}:\n{server.log_tail(1500)}", flush=True)
+                      f"{server.log_path}:\n{server.failure_report()}", flush=True)
                 server.stop()
                 continue
             after = server.metrics()
@@ -847,6 +942,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         args.json.write_text(json.dumps(out, indent=1))
         print(f"\nraw figures: {args.json}")
+    if args.plot is not None and out["configs"]:
+        plot_ttft(out["configs"], title, args.plot)
+        print(f"\nplot: {args.plot}")
     return 0
 
 

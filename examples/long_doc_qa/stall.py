@@ -26,8 +26,8 @@ a hit after ``SIGCONT``. With ``--hook-timings`` it also prints the wall time
 of each connector hook (p50 / p99 / max) in the healthy and frozen windows,
 from the files the connector writes (``LMCACHE_VALKEY_HOOK_TIMINGS_DIR``).
 
-    python examples/long_doc_qa/stall.py                  # ~2 min on 2 vCPU
-    python examples/long_doc_qa/stall.py --hook-timings --freeze-s 20
+    .venv/bin/python examples/long_doc_qa/stall.py                  # ~2 min on 2 vCPU
+    .venv/bin/python examples/long_doc_qa/stall.py --hook-timings --freeze-s 20
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What recording client stats costs per batch.
 
-    python examples/observability/bench_stats_overhead.py           # embedded Valkey
-    python examples/observability/bench_stats_overhead.py --url valkey://host:6379
+    .venv/bin/python examples/observability/bench_stats_overhead.py           # embedded Valkey
+    .venv/bin/python examples/observability/bench_stats_overhead.py --url valkey://host:6379
 
 One client; rounds alternate between stats recorded and recording patched
 out (``ClientStats.record_batch`` replaced by a no-op), the order flipping

@@ -1,8 +1,8 @@
 """vLLM from Python with its KV cache in Valkey: the offline ``LLM`` and the
 async engine (``AsyncLLMEngine.from_engine_args``), configured the same way.
 
-    python examples/python_api/generate.py --model DIR --url valkey://127.0.0.1:6379
-    python examples/python_api/generate.py --engine async --model DIR --url ...
+    .venv/bin/python examples/python_api/generate.py --model DIR --url valkey://127.0.0.1:6379
+    .venv/bin/python examples/python_api/generate.py --engine async --model DIR --url ...
 
 Run it twice: the second process (either engine) loads the prompts' KV that
 the first one stored, and answers the same. Prompts are token ids here (one

@@ -7,7 +7,7 @@ same keys, values and pre-touched destinations), so machine noise spreads
 over every configuration. Prints median GB/s per (server, io-threads,
 client, op) and the io-threads N / io-threads 1 ratio.
 
-    python examples/servers/bench_io_threads.py --servers valkey8,valkey9 \
+    .venv/bin/python examples/servers/bench_io_threads.py --servers valkey8,valkey9 \
         --io-threads 1,2 --value-size 4MiB --keys 32 --rounds 7
 """
 
@@ -45,7 +45,7 @@ def main() -> int:
                         stack.callback(c.close)
                         clients.append(c)
         figures = _measure_size(clients, args.value_size, args.keys, 100, args.rounds, 1,
-                                lambda: print(".", end="", file=sys.stderr, flush=True))
+                                lambda *_: print(".", end="", file=sys.stderr, flush=True))
     print(f"\n{args.keys} x {args.value_size >> 10} KiB, {args.num_connections} connections, "
           f"medians of {args.rounds} interleaved rounds")
     gbps = {(f.client, f.op): f.gbps for f in figures if f.op in ("SET", "GET")}

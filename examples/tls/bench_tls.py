@@ -1,7 +1,7 @@
 """GET/SET throughput over TLS vs plain TCP, on the same server.
 
-    python examples/tls/bench_tls.py                      # starts its own redis-server
-    python examples/tls/bench_tls.py --tls-url 'valkeys://host:6380?tls_ca_file=ca.crt' \\
+    .venv/bin/python examples/tls/bench_tls.py                      # starts its own redis-server
+    .venv/bin/python examples/tls/bench_tls.py --tls-url 'valkeys://host:6380?tls_ca_file=ca.crt' \\
         --plain-url valkey://host:6379
 
 With no URLs it makes a throwaway CA and server certificate (``openssl`` CLI)
