@@ -6,11 +6,11 @@ Cython loop that runs whole batches without the GIL. ``open_client(url)``
 returns a ValkeyClient, or a ValkeyClusterClient for a cluster URL.
 """
 
-from .client import BatchResult, ValkeyClient
+from .client.completion import CompletionQueue
+from .client.factory import open_client
+from .client.valkey_client import BatchResult, ValkeyClient
 from .cluster import ValkeyClusterClient
-from .completion import CompletionQueue
 from .config import ClientConfig
-from .embedded import EmbeddedValkey
 from .errors import (
     AuthenticationError,
     ClientClosedError,
@@ -23,7 +23,7 @@ from .errors import (
     ValkeyError,
     ValkeyTimeoutError,
 )
-from .factory import open_client
+from .server.embedded import EmbeddedValkey
 
 __version__ = "0.1.0"
 

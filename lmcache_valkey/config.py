@@ -3,7 +3,7 @@
 Precedence, highest first: keyword options, the URL, the environment
 (``VALKEY_HOST``, ``VALKEY_PORT``, ``VALKEY_DB``, ``VALKEY_USERNAME``,
 ``VALKEY_PASSWORD``), then defaults. With no URL and no ``VALKEY_HOST`` the
-client starts an embedded server (see :mod:`lmcache_valkey.embedded`).
+client starts an embedded server (see :mod:`lmcache_valkey.server.embedded`).
 
 Secrets are held in :class:`Secret`, whose repr and str never show the value.
 """
@@ -16,8 +16,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from .client.integrity import checksum_for
 from .errors import ConfigError
-from .integrity import checksum_for
 
 DEFAULT_PORT = 6379
 _TCP_SCHEMES = ("valkey", "redis")
@@ -92,7 +92,7 @@ class ClientConfig:
     tls_key_file: str | None = None
     tls_server_name: str | None = None  # name checked against the certificate
     tls_check_hostname: bool = True
-    # End-to-end value checksum: "none", "xxh3" or "crc32c" (lmcache_valkey.integrity).
+    # End-to-end value checksum: "none", "xxh3" or "crc32c" (lmcache_valkey.client.integrity).
     checksum: str = "none"
 
     # -- construction ------------------------------------------------------

@@ -22,7 +22,7 @@ rest the same way for all of them:
 
 The client is then built from the validated
 :class:`~lmcache_valkey.config.ClientConfig` alone, by
-:func:`lmcache_valkey.factory.open_client` (``config=``; a cluster client
+:func:`lmcache_valkey.client.factory.open_client` (``config=``; a cluster client
 for a cluster URL): nothing re-reads the URL, the options or the
 environment, so the client is exactly what was validated.
 """

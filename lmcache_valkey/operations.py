@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ._native import OP_KINDS
 
 if TYPE_CHECKING:
-    from .integrity import Checksum
+    from .client.integrity import Checksum
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -33,7 +33,7 @@ class Operation:
     method: str
     #: What a key reads as when its batch failed before its reply.
     failed_value: Any
-    #: Per-key outcomes counted by :mod:`lmcache_valkey.stats`, the "ok" one first.
+    #: Per-key outcomes counted by :mod:`lmcache_valkey.observability.stats`, the "ok" one first.
     outcomes: tuple[str, ...]
     #: Whether a READONLY replica may serve it (it writes nothing).
     replica_safe: bool

@@ -34,7 +34,7 @@ import pytest
 from closing import closing_factory
 
 from lmcache_valkey import EmbeddedValkey, ValkeyClient, open_client
-from lmcache_valkey.embedded import EmbeddedServerError, server_binary
+from lmcache_valkey.server.embedded import EmbeddedServerError, server_binary
 
 pytest_plugins = [
     "cluster_fixtures",   # cluster, fresh_cluster, make_cluster_client

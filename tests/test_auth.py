@@ -17,7 +17,7 @@ PASSWORD = "s3cret-Pa55"
 @pytest.fixture(scope="module")
 def locked_server(server_kind):
     from lmcache_valkey import EmbeddedValkey
-    from lmcache_valkey.embedded import server_binary
+    from lmcache_valkey.server.embedded import server_binary
 
     users = [
         "default on >" + PASSWORD + " ~* +@all",

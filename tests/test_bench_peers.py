@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from lmcache_valkey import EmbeddedValkey
-from lmcache_valkey.bench_peers import BenchClient, LMCacheResp, _pieces, all_peers
+from lmcache_valkey.tools.bench_peers import BenchClient, LMCacheResp, _pieces, all_peers
 
 # Small, a few hundred KiB (many socket reads), and over 4 MiB at an odd
 # length (no alignment luck), each twice.

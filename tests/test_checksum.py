@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from lmcache_valkey import ValkeyClient
+from lmcache_valkey.client.integrity import TRAILER_LEN, Checksum
 from lmcache_valkey.config import ClientConfig
 from lmcache_valkey.errors import ConfigError, IntegrityError, ValkeyConnectionError
-from lmcache_valkey.integrity import TRAILER_LEN, Checksum
 from lmcache_valkey.operations import GET
 
 MiB = 1 << 20

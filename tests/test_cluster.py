@@ -432,7 +432,7 @@ def test_vllm_connector_config_accepts_a_cluster_url(cluster):
 
 def test_bench_runs_on_a_cluster_url(cluster):
     pytest.importorskip("numpy")
-    from lmcache_valkey.bench import format_table, run_bench
+    from lmcache_valkey.tools.bench import format_table, run_bench
 
     report = run_bench(cluster.url, value_sizes=[4096], keys=24, exists_keys=24, rounds=1,
                        warmup=0, num_connections=1, clients=None, show_progress=False)

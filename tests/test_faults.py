@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from lmcache_valkey import ClientClosedError, ValkeyConnectionError
-from lmcache_valkey.embedded import free_port
+from lmcache_valkey.server.embedded import free_port
 
 pytestmark = pytest.mark.engine
 

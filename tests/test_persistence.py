@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from lmcache_valkey import EmbeddedValkey
-from lmcache_valkey.cli import main as cli_main
-from lmcache_valkey.embedded import EmbeddedServerError, free_port
-from lmcache_valkey.persistence import persistence_config
+from lmcache_valkey.server.embedded import EmbeddedServerError, free_port
+from lmcache_valkey.server.persistence import persistence_config
+from lmcache_valkey.tools.cli import main as cli_main
 
 OUTSIDE_CHECKOUT = Path(__file__).resolve().parent  # the installed package, not the source tree
 

@@ -12,9 +12,9 @@ import pytest
 
 from lmcache_valkey import ValkeyConnectionError
 from lmcache_valkey import metrics as prom
-from lmcache_valkey.cli import main as cli_main
-from lmcache_valkey.server_stats import server_stats
-from lmcache_valkey.stats import LATENCY_BUCKETS_S, ClientStats
+from lmcache_valkey.observability.server_stats import server_stats
+from lmcache_valkey.observability.stats import LATENCY_BUCKETS_S, ClientStats
+from lmcache_valkey.tools.cli import main as cli_main
 
 parser = pytest.importorskip("prometheus_client.parser")
 

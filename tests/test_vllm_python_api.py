@@ -47,8 +47,8 @@ from server_pressure import ALLKEYS_LRU, admin  # noqa: E402
 from shared_keyspace import other_consumers, snapshot  # noqa: E402
 
 from lmcache_valkey import EmbeddedValkey, open_client  # noqa: E402
-from lmcache_valkey.persistence import persistence_config  # noqa: E402
-from lmcache_valkey.server_stats import count_keys  # noqa: E402
+from lmcache_valkey.observability.server_stats import count_keys  # noqa: E402
+from lmcache_valkey.server.persistence import persistence_config  # noqa: E402
 from lmcache_valkey.testkit.tiny_llama import TEST_TINY, build_tiny_llama  # noqa: E402
 
 pytestmark = pytest.mark.timeout(900)

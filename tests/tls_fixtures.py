@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from lmcache_valkey.embedded import free_port
+from lmcache_valkey.server.embedded import free_port
 
 REDIS_SERVER = os.environ.get("LMCACHE_VALKEY_TLS_SERVER_BIN") or shutil.which("redis-server")
 

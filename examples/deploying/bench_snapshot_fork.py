@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from lmcache_valkey import EmbeddedValkey, ValkeyClient
-from lmcache_valkey.bench import parse_size
-from lmcache_valkey.persistence import persistence_config
+from lmcache_valkey.server.persistence import persistence_config
+from lmcache_valkey.tools.bench import parse_size
 
 VALUE = 4 << 20
 

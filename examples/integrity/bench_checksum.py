@@ -20,9 +20,9 @@ import time
 import numpy as np
 
 from lmcache_valkey import ValkeyClient
-from lmcache_valkey.bench import parse_size
-from lmcache_valkey.embedded import url_or_embedded
-from lmcache_valkey.integrity import Checksum
+from lmcache_valkey.client.integrity import Checksum
+from lmcache_valkey.server.embedded import url_or_embedded
+from lmcache_valkey.tools.bench import parse_size
 
 SETTINGS = ("none", "xxh3", "crc32c")
 

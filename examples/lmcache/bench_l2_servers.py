@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 
-from lmcache_valkey.embedded import EmbeddedValkey, server_binary
+from lmcache_valkey.server.embedded import EmbeddedValkey, server_binary
 
 LMCACHE_CLI = ("import sys; from lmcache.cli.main import main; sys.argv[0] = 'lmcache'; "
                "sys.exit(main())")

@@ -22,10 +22,10 @@ from collections.abc import Iterator
 import numpy as np
 
 from lmcache_valkey import ValkeyClient
-from lmcache_valkey.bench import parse_size
-from lmcache_valkey.embedded import url_or_embedded
+from lmcache_valkey.observability.stats import ClientStats
 from lmcache_valkey.operations import EXISTS, GET, SET, Operation
-from lmcache_valkey.stats import ClientStats
+from lmcache_valkey.server.embedded import url_or_embedded
+from lmcache_valkey.tools.bench import parse_size
 
 
 @contextlib.contextmanager

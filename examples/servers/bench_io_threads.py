@@ -2,7 +2,7 @@
 
 For each server kind, one server per io-threads value is started (loopback,
 persistence off) and ours and LMCache's C++ client run SET and GET batches
-against each, all interleaved in one loop (`lmcache_valkey.bench`'s rotation,
+against each, all interleaved in one loop (`lmcache_valkey.tools.bench`'s rotation,
 same keys, values and pre-touched destinations), so machine noise spreads
 over every configuration. Prints median GB/s per (server, io-threads,
 client, op) and the io-threads N / io-threads 1 ratio.
@@ -17,9 +17,9 @@ import argparse
 import contextlib
 import sys
 
-from lmcache_valkey.bench import _measure_size, parse_size
-from lmcache_valkey.bench_peers import LMCacheResp, Ours
-from lmcache_valkey.embedded import EmbeddedValkey, server_binary
+from lmcache_valkey.server.embedded import EmbeddedValkey, server_binary
+from lmcache_valkey.tools.bench import _measure_size, parse_size
+from lmcache_valkey.tools.bench_peers import LMCacheResp, Ours
 
 
 def main() -> int:

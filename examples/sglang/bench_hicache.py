@@ -37,10 +37,10 @@ import warnings
 from types import SimpleNamespace
 from typing import Any
 
-from lmcache_valkey.bench import parse_size
-from lmcache_valkey.embedded import url_or_embedded
+from lmcache_valkey.observability.stats import format_bytes, text_table
+from lmcache_valkey.server.embedded import url_or_embedded
 from lmcache_valkey.sglang.cpu_shim import declare_torchvision_nms
-from lmcache_valkey.stats import format_bytes, text_table
+from lmcache_valkey.tools.bench import parse_size
 
 declare_torchvision_nms()
 

@@ -49,10 +49,11 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from ..batch_client import BatchClientBase, Key, key_bytes
-from ..batch_result import BatchResult, merge_outcome
-from ..client import ValkeyClient
-from ..completion import CompletionQueue
+from ..client.batch_client import BatchClientBase, Key, key_bytes
+from ..client.batch_result import BatchResult, merge_outcome
+from ..client.completion import CompletionQueue
+from ..client.jobs import Job
+from ..client.valkey_client import ValkeyClient
 from ..config import ClientConfig
 from ..errors import (
     ClientClosedError,
@@ -60,9 +61,8 @@ from ..errors import (
     ServerReplyError,
     ValkeyConnectionError,
 )
-from ..jobs import Job
+from ..observability.stats import StatsSnapshot
 from ..operations import Operation
-from ..stats import StatsSnapshot
 from .slots import key_slot
 from .topology import Addr, SlotMap, addr_text, fetch_slot_map
 

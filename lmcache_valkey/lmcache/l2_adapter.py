@@ -46,11 +46,11 @@ from lmcache.v1.distributed.l2_adapters.base import L2AdapterInterface, L2TaskId
 from lmcache.v1.distributed.l2_adapters.config import L2AdapterConfigBase
 from lmcache.v1.platform import create_event_notifier
 
+from ..client.factory import AnyClient, open_client
+from ..client.prefix_scan import PrefixScan
 from ..errors import ClientClosedError, ConfigError, partial_results
-from ..factory import AnyClient, open_client
 from ..integration_options import IntegrationOptions
-from ..prefix_scan import PrefixScan
-from ..ratelimited_log import RateLimitedLog
+from ..observability.ratelimited_log import RateLimitedLog
 
 if TYPE_CHECKING:
     from lmcache.v1.distributed.api import MemoryLayoutDesc

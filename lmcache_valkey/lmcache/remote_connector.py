@@ -59,12 +59,12 @@ from lmcache.v1.config import LMCacheEngineConfig
 from lmcache.v1.memory_management import MemoryObj
 from lmcache.v1.storage_backend.connector.base_connector import RemoteConnector
 
-from ..client import BatchResult
+from ..client.factory import AnyClient, open_client
+from ..client.prefix_scan import PrefixScan
+from ..client.valkey_client import BatchResult
 from ..errors import ConfigError, ValkeyError, ValkeyTimeoutError, partial_results
-from ..factory import AnyClient, open_client
 from ..integration_options import CLIENT_OPTIONS, IntegrationOptions
-from ..prefix_scan import PrefixScan
-from ..ratelimited_log import RateLimitedLog
+from ..observability.ratelimited_log import RateLimitedLog
 
 log = logging.getLogger(__name__)
 

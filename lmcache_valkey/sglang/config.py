@@ -14,11 +14,11 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from ..client.factory import AnyClient, open_client
 from ..config import ClientConfig
 from ..errors import ConfigError
-from ..factory import AnyClient, open_client
 from ..integration_options import IntegrationOptions
-from ..server_stats import DEFAULT_SCAN_LIMIT
+from ..observability.server_stats import DEFAULT_SCAN_LIMIT
 
 DEFAULT_KEY_PREFIX = "hicache:"
 DEFAULT_TTL_S = 3600.0

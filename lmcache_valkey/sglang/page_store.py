@@ -34,9 +34,9 @@ from typing import Any, TypeVar
 
 from ..buffers import as_native_buffer, buffer_nbytes
 from ..errors import partial_results
-from ..prefix_delete import delete_prefix
-from ..ratelimited_log import RateLimitedLog
-from ..server_stats import ServerFacts, server_stats
+from ..observability.ratelimited_log import RateLimitedLog
+from ..observability.server_stats import ServerFacts, server_stats
+from ..tools.prefix_delete import delete_prefix
 from .config import HiCacheValkeyConfig
 from .keys import page_namespace
 from .page_memory import PoolMemory, value_nbytes

@@ -15,9 +15,9 @@ import contextlib
 import time
 from typing import Any
 
-from ..client import ValkeyClient
+from ..client.valkey_client import ValkeyClient
 from ..cluster.slots import NUM_SLOTS
-from ..embedded import EmbeddedServerError, EmbeddedValkey, free_port
+from ..server.embedded import EmbeddedServerError, EmbeddedValkey, free_port
 
 CLUSTER_CONFIG = {
     "cluster-enabled": "yes",

@@ -16,9 +16,9 @@ import os
 from collections.abc import Mapping
 from typing import Any, Literal, get_args
 
+from ..client.factory import AnyClient, open_client
 from ..config import ClientConfig
 from ..errors import ConfigError
-from ..factory import AnyClient, open_client
 from ..integration_options import IntegrationOptions
 
 DEFAULT_KEY_PREFIX = "vllm:kv:"

@@ -37,7 +37,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..errors import partial_results
-from ..ratelimited_log import RateLimitedLog
+from ..observability.ratelimited_log import RateLimitedLog
 from .metadata import BlockTransfer, ValkeyConnectorMetadata
 from .stats import StatsRecorder
 

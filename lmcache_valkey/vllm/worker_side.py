@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from ..errors import partial_results
-from ..ratelimited_log import RateLimitedLog
+from ..observability.ratelimited_log import RateLimitedLog
 from .kv_layout import BlockLayout
 from .metadata import BlockTransfer
 from .staging import CudaStreams, EmulatedStreams, StagingPool, _Event

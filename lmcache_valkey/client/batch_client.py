@@ -15,12 +15,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
+from ..buffers import Buffer, as_native_buffer
+from ..config import ClientConfig
+from ..errors import ClientClosedError, ConfigError
+from ..operations import DELETE, EXISTS, GET, SET, TOUCH, Operation
 from .batch_result import BatchResult
-from .buffers import Buffer, as_native_buffer
 from .completion import CompletionQueue
-from .config import ClientConfig
-from .errors import ClientClosedError, ConfigError
-from .operations import DELETE, EXISTS, GET, SET, TOUCH, Operation
 
 Key = str | bytes
 

@@ -112,7 +112,7 @@ class Ours(BenchClient):
     def __init__(self, host: str | None, port: int | None, unix_path: str | None,
                  num_connections: int, *, url: str | None = None) -> None:
         """`url` (a cluster URL, say) replaces host/port/unix_path."""
-        from .factory import open_client
+        from ..client.factory import open_client
 
         if url is None:
             super().__init__(host, port, unix_path, num_connections)

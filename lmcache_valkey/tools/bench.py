@@ -75,7 +75,7 @@ def _server(url: str | None, kind: str | None = None, io_threads: int = 1
             ) -> Iterator[tuple[str | None, int | None, str | None, str]]:
     """(host, port, unix_path, description) of the server to measure: `url`,
     or one started from `kind` (embedded.SERVER_KINDS), or the embedded one."""
-    from .config import ClientConfig
+    from ..config import ClientConfig
 
     if kind is not None and url:
         raise ValueError("give --url or --server, not both")
@@ -87,7 +87,7 @@ def _server(url: str | None, kind: str | None = None, io_threads: int = 1
         if not config.embedded:
             yield config.host, config.port, config.unix_path, config.endpoint
             return
-    from .embedded import EmbeddedValkey, server_binary
+    from ..server.embedded import EmbeddedValkey, server_binary
 
     binary = server_binary(kind) if kind else None
     with EmbeddedValkey(unix_socket=True, binary=binary,
@@ -212,7 +212,7 @@ def run_bench(url: str | None, *, value_sizes: list[int], keys: int, exists_keys
               clients: list[str] | None = None, show_progress: bool = True,
               server: str | None = None, io_threads: int = 1) -> dict[str, Any]:
     log = (lambda msg: print(msg, file=sys.stderr)) if show_progress else (lambda msg: None)
-    from .config import ClientConfig
+    from ..config import ClientConfig
 
     config = ClientConfig.from_options(url)
     direct_url = url if config.cluster or config.tls else None
@@ -292,8 +292,8 @@ def _server_version(host: str | None, port: int | None, unix_path: str | None,
                     direct_url: str | None = None) -> str:
     """What the server says it is ("redis 7.0.15"), and the GET depth ours
     chose for it (server_profile.py)."""
-    from .factory import open_client
-    from .server_profile import parse_info_server
+    from ..client.factory import open_client
+    from ..server_profile import parse_info_server
 
     url = direct_url or (f"unix://{unix_path}" if unix_path and not host
                           else f"valkey://{host}:{port}")

@@ -17,19 +17,19 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from .config import ClientConfig
-from .connection import Connection, open_connection
-from .errors import (
+from ..config import ClientConfig
+from ..connection import Connection, open_connection
+from ..errors import (
     AuthenticationError,
     ClientClosedError,
     ValkeyConnectionError,
     ValkeyError,
 )
+from ..observability.stats import ClientStats
+from ..operations import run_batch
+from ..server_profile import ServerProfile
 from .integrity import Checksum
 from .jobs import Tile
-from .operations import run_batch
-from .server_profile import ServerProfile
-from .stats import ClientStats
 
 
 class Workers:

@@ -10,7 +10,7 @@ Needs ``prometheus_client`` (``pip install 'lmcache-valkey[metrics]'``)::
 
 A :class:`ValkeyCollector` reads the clients' :meth:`stats` at each scrape
 and, unless ``server=False``, asks the server for its facts
-(:func:`~lmcache_valkey.server_stats.server_stats`: INFO, and a SCAN bounded
+(:func:`~lmcache_valkey.observability.server_stats.server_stats`: INFO, and a SCAN bounded
 by ``scan_limit`` for the keys under each client's prefix, and with
 ``memory_samples`` > 0 their estimated memory and TTL spread). Labels are
 ``endpoint`` (``host:port``; a cluster's series are per node), ``op``,
@@ -24,7 +24,7 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from .errors import ValkeyError
+from ..errors import ValkeyError
 from .server_stats import DEFAULT_SCAN_LIMIT, ServerFacts, server_stats
 from .stats import LATENCY_BUCKETS_S, OPS, StatsSnapshot
 

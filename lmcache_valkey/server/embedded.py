@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .errors import ValkeyError
+from ..errors import ValkeyError
 
 log = logging.getLogger(__name__)
 

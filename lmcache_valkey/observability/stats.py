@@ -5,7 +5,7 @@ that finishes it (never per key in a Python loop: ``list.count`` and
 ``sum(filter(...))`` do the counting in C), and once per connect. Reading it
 gives a :class:`StatsSnapshot`: plain numbers and dicts, easy to print
 (``str(snapshot)`` is a small table), to dump as JSON (``to_dict()``) and
-to export (:mod:`lmcache_valkey.metrics` turns it into Prometheus text).
+to export (:mod:`lmcache_valkey.observability.metrics` turns it into Prometheus text).
 
 Per operation (``get``, ``set``, ``exists``, ``touch`` — EXISTS with TTL
 renewal —, ``delete``) every key lands in exactly one outcome:
@@ -39,7 +39,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .errors import (
+from ..errors import (
     AuthenticationError,
     ClientClosedError,
     ProtocolError,
@@ -47,7 +47,7 @@ from .errors import (
     ValkeyConnectionError,
     ValkeyTimeoutError,
 )
-from .operations import GET, OPERATIONS, SET, Operation
+from ..operations import GET, OPERATIONS, SET, Operation
 
 OPS = tuple(op.name for op in OPERATIONS)
 

@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any
 
+from ..observability.stats import ClientStats
+from ..operations import Operation
 from .batch_result import BatchResult, Outcome, merge_outcome, resolve
 from .completion import CompletionQueue
-from .operations import Operation
-from .stats import ClientStats
 
 log = logging.getLogger(__name__)
 

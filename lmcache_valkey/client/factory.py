@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .client import ValkeyClient
-from .cluster.client import ValkeyClusterClient
-from .config import ClientConfig
+from ..cluster.client import ValkeyClusterClient
+from ..config import ClientConfig
+from .valkey_client import ValkeyClient
 
 AnyClient = ValkeyClient | ValkeyClusterClient
 

@@ -12,8 +12,8 @@ from collections.abc import Collection, Sequence
 from concurrent.futures import Future
 from typing import Any
 
+from ..errors import ServerReplyError, ValkeyConnectionError
 from .completion import CompletionQueue
-from .errors import ServerReplyError, ValkeyConnectionError
 
 #: An engine's per-batch outcome: values, server errors and too-large sizes,
 #: both by the key's index in that batch.

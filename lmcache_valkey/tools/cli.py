@@ -10,8 +10,8 @@ import signal
 import sys
 from typing import Any
 
-from .errors import ValkeyError
-from .persistence import APPENDFSYNC, DEFAULT_APPENDFSYNC, DEFAULT_SAVE, MODES
+from ..errors import ValkeyError
+from ..server.persistence import APPENDFSYNC, DEFAULT_APPENDFSYNC, DEFAULT_SAVE, MODES
 
 DEFAULT_SIZES = "64KiB,256KiB,1MiB,4MiB,16MiB,32MiB"
 
@@ -150,7 +150,7 @@ def _run_lmcache(args: argparse.Namespace) -> int:
         from lmcache.cli.main import main as lmcache_main
     except ImportError as e:
         raise RuntimeError(f"LMCache is not installed ({e}); pip install lmcache") from None
-    from .lmcache.registration import register
+    from ..lmcache.registration import register
 
     if not register():
         raise RuntimeError("could not register the 'lmcache_valkey' L2 adapter type")
@@ -159,7 +159,7 @@ def _run_lmcache(args: argparse.Namespace) -> int:
 
 
 def _server_config(args: argparse.Namespace) -> dict[str, str]:
-    from .persistence import persistence_config
+    from ..server.persistence import persistence_config
 
     mode = args.persistence or ("rdb" if args.data_dir else "none")
     if mode != "none" and not args.data_dir:
@@ -173,7 +173,7 @@ def _server_config(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .embedded import EmbeddedValkey
+    from ..server.embedded import EmbeddedValkey
 
     config = _server_config(args)
     server = EmbeddedValkey(port=args.port, unix_socket=args.unix_socket, config=config,
@@ -209,9 +209,9 @@ def config_summary(config: dict[str, str]) -> str:
 
 
 def _delete_prefix(args: argparse.Namespace) -> int:
-    from .config import ClientConfig
-    from .errors import ConfigError
-    from .factory import open_client
+    from ..client.factory import open_client
+    from ..config import ClientConfig
+    from ..errors import ConfigError
     from .prefix_delete import delete_prefix, tqdm_progress
 
     config = ClientConfig.from_options(args.url)
@@ -240,9 +240,9 @@ def _delete_prefix(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from .config import ClientConfig
-    from .errors import ConfigError
-    from .factory import open_client
+    from ..client.factory import open_client
+    from ..config import ClientConfig
+    from ..errors import ConfigError
 
     config = ClientConfig.from_options(args.url, key_prefix=args.key_prefix)
     if config.embedded:
@@ -254,12 +254,12 @@ def _stats(args: argparse.Namespace) -> int:
         if args.serve is not None:
             return _serve_metrics(args, client)
         if args.format == "prometheus":
-            from . import metrics
+            from ..observability import metrics
 
             print(metrics.render(client, client_stats=False, scan_limit=args.scan_limit,
                                  memory_samples=args.memory_samples), end="")
             return 0
-        from .server_stats import server_stats
+        from ..observability.server_stats import server_stats
 
         facts = server_stats(client, args.scan_limit,
                              args.memory_samples if args.key_prefix else 0)
@@ -271,7 +271,7 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _serve_metrics(args: argparse.Namespace, client: Any) -> int:
-    from . import metrics
+    from ..observability import metrics
 
     httpd = metrics.serve(args.serve, client, addr=args.addr, client_stats=False,
                           scan_limit=args.scan_limit, memory_samples=args.memory_samples)

@@ -17,18 +17,18 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
+from ..buffers import Buffer, buffer_nbytes
+from ..config import ClientConfig
+from ..connection import Connection
+from ..errors import ClientClosedError, ConfigError, ServerReplyError, ValkeyConnectionError
+from ..observability.stats import ClientStats, StatsSnapshot
+from ..operations import Operation, run_batch
+from ..server.embedded import EmbeddedValkey
 from .batch_client import BatchClientBase, Key
 from .batch_result import BatchResult, merge_outcome, resolve
-from .buffers import Buffer, buffer_nbytes
 from .completion import CompletionQueue
-from .config import ClientConfig
-from .connection import Connection
-from .embedded import EmbeddedValkey
-from .errors import ClientClosedError, ConfigError, ServerReplyError, ValkeyConnectionError
 from .integrity import checksum_for
 from .jobs import BatchJob, Tile, split_by_bytes
-from .operations import Operation, run_batch
-from .stats import ClientStats, StatsSnapshot
 from .workers import Workers
 
 # What the cluster client and the integrations import from here.
@@ -94,7 +94,7 @@ class ValkeyClient(BatchClientBase):
     def stats(self) -> StatsSnapshot:
         """This client's counters so far: keys per outcome, errors by kind,
         value bytes, batch latency histogram, connects (see
-        :mod:`lmcache_valkey.stats`). ``print()`` it, or ``.to_dict()``."""
+        :mod:`lmcache_valkey.observability.stats`). ``print()`` it, or ``.to_dict()``."""
         return self._stats.snapshot(self.config.endpoint)
 
     # -- batches -----------------------------------------------------------

@@ -32,9 +32,9 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from .buffers import byte_segments
-from .errors import ConfigError, IntegrityError, ValkeyConnectionError
-from .operations import GET, SET, Operation
+from ..buffers import byte_segments
+from ..errors import ConfigError, IntegrityError, ValkeyConnectionError
+from ..operations import GET, SET, Operation
 
 TRAILER = struct.Struct("<Q4s")
 TRAILER_LEN = TRAILER.size  # 12

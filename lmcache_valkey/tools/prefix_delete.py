@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .prefix_scan import PrefixScan
+from ..client.prefix_scan import PrefixScan
 
 DEFAULT_BATCH = 500
 
@@ -86,7 +86,7 @@ def _unlink(client: Any, names: list[bytes]) -> int:
     if not hasattr(client, "execute_on_all"):  # one server: one command per batch
         return int(client.execute("UNLINK", *names))
     # A cluster takes a multi-key command only within one hash slot.
-    from .cluster.slots import key_slot
+    from ..cluster.slots import key_slot
 
     by_slot: dict[int, list[bytes]] = {}
     for n in names:

@@ -14,7 +14,7 @@ On a server shared with other consumers, ``INFO used_memory`` is everyone's.
 The memory of one prefix is therefore *estimated*: ``MEMORY USAGE`` and
 ``PTTL`` of a uniform sample (at most ``memory_samples`` keys, drawn from the
 same SCAN), the mean size times the key count. It is exact when the sample
-holds every key. The walk is :class:`~lmcache_valkey.prefix_scan.PrefixScan`,
+holds every key. The walk is :class:`~lmcache_valkey.client.prefix_scan.PrefixScan`,
 the package's one SCAN-under-a-prefix loop.
 """
 
@@ -25,7 +25,7 @@ import random
 import statistics
 from typing import Any
 
-from .prefix_scan import PrefixScan
+from ..client.prefix_scan import PrefixScan
 from .stats import format_bytes, text_table
 
 #: Default bound on the keys one count examines.
