@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 
 from lmcache_valkey import ValkeyConnectionError
-from lmcache_valkey import metrics as prom
+from lmcache_valkey.observability import metrics as prom
 from lmcache_valkey.observability.server_stats import server_stats
 from lmcache_valkey.observability.stats import LATENCY_BUCKETS_S, ClientStats
 from lmcache_valkey.tools.cli import main as cli_main

@@ -2,7 +2,7 @@
 
 Needs ``prometheus_client`` (``pip install 'lmcache-valkey[metrics]'``)::
 
-    from lmcache_valkey import metrics
+    from lmcache_valkey.observability import metrics
 
     text = metrics.render(client)                # the text exposition format
     httpd = metrics.serve(9464, client)          # GET http://127.0.0.1:9464/metrics
