@@ -65,7 +65,10 @@ def run_generate(model: Path, url: str, workdir: Path, name: str, *args: str) ->
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # set by in-process vLLM tests
     with open(workdir / f"{name}.log", "wb") as log:
         proc = subprocess.run(
+            # Exact hit counts are asserted: a lookup must not time out on a
+            # loaded machine (the timeout itself: test_vllm_async.py).
             [sys.executable, str(GENERATE), "--model", str(model), "--url", url,
+             "--lookup-timeout-ms", "10000",
              "--key-prefix", KV_PREFIX, "--block-size", str(BLOCK), "--dtype", "float32",
              "--enforce-eager", "--out", str(out), *args],
             stdout=log, stderr=subprocess.STDOUT, env=env, timeout=600,

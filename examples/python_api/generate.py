@@ -30,14 +30,19 @@ from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.engine.async_llm_engine import AsyncLLMEngine
 
 
-def kv_transfer_config(url: str, key_prefix: str = "vllm:kv:",
-                       ttl_s: int = 3600) -> KVTransferConfig:
+def kv_transfer_config(url: str, key_prefix: str = "vllm:kv:", ttl_s: int = 3600,
+                       lookup_timeout_ms: float | None = None) -> KVTransferConfig:
     """The connector: blocks stored under `key_prefix`, expiring after `ttl_s`
-    (a hit renews it). The password, if any, from $VALKEY_PASSWORD."""
+    (a hit renews it); a lookup unanswered after `lookup_timeout_ms` (the
+    connector's default when None) is a miss. The password, if any, from
+    $VALKEY_PASSWORD."""
+    extra: dict[str, Any] = {"url": url, "key_prefix": key_prefix, "ttl_s": ttl_s}
+    if lookup_timeout_ms is not None:
+        extra["lookup_timeout_ms"] = lookup_timeout_ms
     return KVTransferConfig(
         kv_connector="ValkeyConnector",
         kv_role="kv_both",
-        kv_connector_extra_config={"url": url, "key_prefix": key_prefix, "ttl_s": ttl_s},
+        kv_connector_extra_config=extra,
     )
 
 
@@ -45,7 +50,8 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
     """What LLM(...) and AsyncEngineArgs(...) both take."""
     options: dict[str, Any] = {
         "model": args.model,
-        "kv_transfer_config": kv_transfer_config(args.url, args.key_prefix, args.ttl_s),
+        "kv_transfer_config": kv_transfer_config(args.url, args.key_prefix, args.ttl_s,
+                                                 args.lookup_timeout_ms),
         "max_model_len": args.max_model_len,
         "enable_prefix_caching": not args.no_prefix_caching,
     }
@@ -110,6 +116,8 @@ def main() -> None:
     p.add_argument("--url", required=True, help="valkey://host:port of the shared Valkey")
     p.add_argument("--key-prefix", default="vllm:kv:")
     p.add_argument("--ttl-s", type=int, default=3600)
+    p.add_argument("--lookup-timeout-ms", type=float,
+                   help="a lookup unanswered this long is a miss (connector default: 100)")
     p.add_argument("--engine", choices=("offline", "async"), default="offline")
     p.add_argument("--prompts", help="JSON file: a list of token-id lists "
                                      "(default: 4 random prompts of 300-411 tokens)")
