@@ -172,15 +172,24 @@ def _timed(samples: dict[tuple[str, str], Samples], client: str, op: str, fn: An
     return out
 
 
+def values_and_dests(keys: int, value_bytes: int, seed: int = 0) -> tuple[list[Any], list[Any]]:
+    """`keys` random uint8 arrays of `value_bytes` (from `seed`), and as many
+    destinations for reading them back into, pre-faulted."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    values = [rng.integers(0, 256, value_bytes, dtype=np.uint8) for _ in range(keys)]
+    dests = [np.ones(value_bytes, np.uint8) for _ in range(keys)]
+    return values, dests
+
+
 def _measure_size(clients: list[BenchClient], value_bytes: int, keys: int, exists_keys: int,
                   rounds: int, warmup: int, progress: Any) -> list[Figures]:
     import numpy as np
 
-    rng = np.random.default_rng(value_bytes)
     names = [f"lmcache-valkey-bench:{os.getpid()}:{i}".encode() for i in range(keys)]
     probe = [f"lmcache-valkey-bench:{os.getpid()}:{i}".encode() for i in range(exists_keys)]
-    sources = [rng.integers(0, 256, value_bytes, dtype=np.uint8) for _ in range(keys)]
-    dests = [np.ones(value_bytes, np.uint8) for _ in range(keys)]  # pre-faulted, shared
+    sources, dests = values_and_dests(keys, value_bytes, seed=value_bytes)  # dests shared
     samples: dict[tuple[str, str], Samples] = {}
     for r in range(warmup + rounds):
         record = samples if r >= warmup else {}
@@ -352,8 +361,8 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot(report: dict[str, Any], path: str) -> None:
-    """GB/s against value size, one line per client, one panel per op."""
+def pyplot() -> Any:
+    """matplotlib.pyplot drawing to files (Agg), for --plot."""
     try:
         import matplotlib
 
@@ -361,6 +370,12 @@ def plot(report: dict[str, Any], path: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise RuntimeError("--plot needs matplotlib: pip install matplotlib") from None
+    return plt
+
+
+def plot(report: dict[str, Any], path: str) -> None:
+    """GB/s against value size, one line per client, one panel per op."""
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, op in zip(axes, ("GET", "SET"), strict=True):
         rows = [r for r in report["results"] if r["op"] == op]

@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from lmcache_valkey import ValkeyClient
-from lmcache_valkey.bench import parse_size
+from lmcache_valkey.bench import parse_size, values_and_dests
 from lmcache_valkey.embedded import url_or_embedded
 from lmcache_valkey.integrity import Checksum
 
@@ -57,9 +57,7 @@ def main() -> None:
     p.add_argument("--num-connections", type=int, default=2)
     args = p.parse_args()
 
-    rng = np.random.default_rng(0)
-    values = [rng.integers(0, 256, args.value_size, dtype=np.uint8) for _ in range(args.keys)]
-    dests = [np.ones(args.value_size, np.uint8) for _ in range(args.keys)]  # pre-faulted
+    values, dests = values_and_dests(args.keys, args.value_size)
     moved = args.keys * args.value_size
     with url_or_embedded(args.url) as url:
         clients = {name: ValkeyClient(url, key_prefix=f"bench-checksum:{name}:", checksum=name,

@@ -20,16 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
 
 from lmcache_valkey.embedded import EmbeddedValkey, server_binary
-
-LMCACHE_CLI = ("import sys; from lmcache.cli.main import main; sys.argv[0] = 'lmcache'; "
-               "sys.exit(main())")
+from lmcache_valkey.testkit.lmcache_bench import LMCACHE_CLI, bench_l2_summary
 
 
 def specs(host: str, port: int, num_workers: int) -> dict[str, str]:
@@ -46,17 +43,9 @@ def specs(host: str, port: int, num_workers: int) -> dict[str, str]:
 
 def throughput(stdout: str) -> dict[str, float]:
     """{"Store": MB/s, "Load": MB/s} from the bench's summary."""
-    out: dict[str, float] = {}
-    op = None
-    for line in stdout.splitlines():
-        m = re.match(r"^([A-Za-z][^:]*):\s+(.*?)\s*$", line)
-        if not m:
-            continue
-        if m.group(1) == "Operation":
-            op = m.group(2)
-        elif m.group(1) == "Throughput avg (MB/s)" and op in ("Store", "Load"):
-            out[op] = float(m.group(2))
-    return out
+    summary = bench_l2_summary(stdout)
+    return {op: float(summary[op]["Throughput avg (MB/s)"]) for op in ("Store", "Load")
+            if "Throughput avg (MB/s)" in summary.get(op, {})}
 
 
 def run_once(spec: str, args: argparse.Namespace, cwd: str) -> dict[str, float]:

@@ -557,13 +557,9 @@ def markdown_rows(header: list[str], rows: list[list[str]]) -> str:
 
 def plot_ttft(configs: list[dict[str, Any]], title: str, path: Path) -> None:
     """Each request's TTFT, warm-up round beside query round(s), one panel per configuration."""
-    try:
-        import matplotlib
+    from lmcache_valkey.bench import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise RuntimeError("--plot needs matplotlib: pip install matplotlib") from None
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(configs), figsize=(4.5 * len(configs), 4), sharey=True,
                              squeeze=False)
     for ax, cfg in zip(axes[0], configs, strict=True):

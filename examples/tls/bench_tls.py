@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from lmcache_valkey import ValkeyClient
+from lmcache_valkey.bench import values_and_dests
 
 
 def _free_port() -> int:
@@ -131,9 +132,7 @@ def main() -> None:
             tls_url, plain_url, ca = args.tls_url, args.plain_url, args.ca
         else:
             tls_url, plain_url, ca = stack.enter_context(_local_server())
-        rng = np.random.default_rng(0)
-        values = [rng.integers(0, 256, args.value_size, dtype=np.uint8) for _ in range(args.keys)]
-        dests = [np.ones(args.value_size, np.uint8) for _ in range(args.keys)]  # pre-faulted
+        values, dests = values_and_dests(args.keys, args.value_size)
         total = args.keys * args.value_size
         routes = [("tls", tls_url)] + ([("plain", plain_url)] if plain_url else [])
         wanted = args.clients.split(",")

@@ -338,20 +338,10 @@ class ValkeyRemoteConnector(RemoteConnector):
     # -- lookups -----------------------------------------------------------
 
     async def exists(self, key: CacheEngineKey) -> bool:
-        try:
-            res = await self._client.abatch_exists(self._keys([key]), refresh_ttl=self._ttl_set)
-        except Exception as e:
-            self._log.warning("exists", "lmcache_valkey: lookup failed: %s", e)
-            return False
-        return bool(res[0])
+        return await self.batched_async_contains("", [key]) == 1
 
     def exists_sync(self, key: CacheEngineKey) -> bool:
-        try:
-            res = self._client.batch_exists(self._keys([key]), refresh_ttl=self._ttl_set)
-        except Exception as e:
-            self._log.warning("exists", "lmcache_valkey: lookup failed: %s", e)
-            return False
-        return bool(res[0])
+        return self.batched_contains([key]) == 1
 
     def support_batched_contains(self) -> bool:
         return True
@@ -360,12 +350,11 @@ class ValkeyRemoteConnector(RemoteConnector):
         """How many keys, from the first, are stored (one EXISTS batch)."""
         if not keys:
             return 0
+        res: Sequence[Any]
         try:
             res = self._client.batch_exists(self._keys(keys), refresh_ttl=self._ttl_set)
         except Exception as e:
-            self._log.warning("exists", "lmcache_valkey: lookup failed: %s", e)
-            # A cluster node down: the keys before its first one still count.
-            return _prefix_hits(partial_results(e, len(keys)))
+            res = self._lookup_failed(e, len(keys))
         return _prefix_hits(res)
 
     def support_batched_async_contains(self) -> bool:
@@ -377,13 +366,17 @@ class ValkeyRemoteConnector(RemoteConnector):
         gets its full TTL again so it cannot expire before the load."""
         if not keys:
             return 0
+        res: Sequence[Any]
         try:
             res = await self._client.abatch_exists(self._keys(keys), refresh_ttl=self._ttl_set)
         except Exception as e:
-            self._log.warning("exists", "lmcache_valkey: lookup failed: %s", e)
-            # A cluster node down: the keys before its first one still count.
-            return _prefix_hits(partial_results(e, len(keys)))
+            res = self._lookup_failed(e, len(keys))
         return _prefix_hits(res)
+
+    def _lookup_failed(self, e: Exception, n: int) -> list[Any]:
+        self._log.warning("exists", "lmcache_valkey: lookup failed: %s", e)
+        # A cluster node down: the keys before its first one still count.
+        return partial_results(e, n)
 
     # -- loads -------------------------------------------------------------
 
