@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from closing import closing_factory
+from closing import closing_factory, valkey_py
 
 from lmcache_valkey import EmbeddedValkey, ValkeyClient, open_client
 from lmcache_valkey.embedded import EmbeddedServerError, server_binary
@@ -183,10 +183,14 @@ def client(server: EmbeddedValkey, prefix: str, make_client) -> ValkeyClient:
 @pytest.fixture
 def raw(server: EmbeddedValkey):
     """A second, independent client (valkey-py) to look at the server."""
-    valkey = pytest.importorskip("valkey")
-    r = valkey.Valkey(host=server.host, port=server.port)
-    yield r
-    r.close()
+    yield from valkey_py(server.host, server.port)
+
+
+@pytest.fixture(scope="module")
+def valkey() -> Iterator[EmbeddedValkey]:
+    """A server of the test module's own."""
+    with EmbeddedValkey() as s:
+        yield s
 
 
 # -- the in-process vLLM connector tests (test_vllm_*.py, test_faults_vllm.py) --

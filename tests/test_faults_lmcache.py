@@ -65,9 +65,9 @@ def leading(found: list[bool]) -> int:
 def _adapter_on_own_server(make_server, make_adapter, config):
     """A server of the test's own with this memory config, its admin
     connection, an L2 adapter on it and the adapter's blocking runner."""
-    s = make_server(config=config)
+    s, r = mem.own_server(make_server, config)
     adapter = make_adapter(s.url, key_prefix=PREFIX, num_connections=2)
-    return mem.admin(s), adapter, Runner(adapter)
+    return r, adapter, Runner(adapter)
 
 
 def test_l2_stores_past_maxmemory_are_reported_failed_and_the_adapter_carries_on(
@@ -135,11 +135,16 @@ def chunk_name(i: int) -> str:
     return PREFIX + key(i).to_string()
 
 
+def _lm_on_own_server(make_server, make_lm, config):
+    """A server of the test's own with this memory config, its admin
+    connection, and LMCache with our remote connector on it."""
+    s, r = mem.own_server(make_server, config)
+    return r, make_lm(plugin_keys(url=s.url, key_prefix=PREFIX))
+
+
 def test_remote_connector_put_past_maxmemory_is_logged_not_raised(make_server,
                                                                   make_lm) -> None:
-    s = make_server(config=mem.NOEVICTION)
-    r = mem.admin(s)
-    lm = make_lm(plugin_keys(url=s.url, key_prefix=PREFIX))
+    r, lm = _lm_on_own_server(make_server, make_lm, mem.NOEVICTION)
     mem.fill_until_oom(r)
     lm.put({i: lm.chunk(i) for i in range(3)})             # completes; nothing raises
     assert [lm.remote.contains(key(i)) for i in range(3)] == [False] * 3
@@ -154,9 +159,7 @@ def test_remote_connector_put_past_maxmemory_is_logged_not_raised(make_server,
 
 def test_remote_connector_chunk_evicted_mid_prefix_counts_only_the_chunks_before_it(
         make_server, make_lm) -> None:
-    s = make_server(config=mem.ALLKEYS_LRU)
-    r = mem.admin(s)
-    lm = make_lm(plugin_keys(url=s.url, key_prefix=PREFIX))
+    r, lm = _lm_on_own_server(make_server, make_lm, mem.ALLKEYS_LRU)
     lm.put({i: lm.chunk(i) for i in range(6)})
     keys = [key(i) for i in range(6)]
     assert lm.remote.batched_contains(keys) == 6

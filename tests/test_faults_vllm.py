@@ -47,8 +47,7 @@ def stored_blocks(w: Worker, out) -> dict[str, bytes]:
 
 def test_maxmemory_reached_saves_fail_per_block_and_serving_goes_on(model_dir, make_server,
                                                                    caplog) -> None:
-    s = make_server(config=mem.NOEVICTION)
-    r = mem.admin(s)
+    s, r = mem.own_server(make_server, mem.NOEVICTION)
     mem.fill_until_oom(r)
     vc = vllm_config(model_dir, {"url": s.url, "key_prefix": PREFIX})
     toks = tokens(200, seed=11)
@@ -85,8 +84,7 @@ def test_maxmemory_reached_saves_fail_per_block_and_serving_goes_on(model_dir, m
 
 def test_block_evicted_mid_prefix_only_the_blocks_before_it_are_loaded(model_dir,
                                                                        make_server) -> None:
-    s = make_server(config=mem.ALLKEYS_LRU)
-    r = mem.admin(s)
+    s, r = mem.own_server(make_server, mem.ALLKEYS_LRU)
     vc = vllm_config(model_dir, {"url": s.url, "key_prefix": PREFIX})
     toks = tokens(200, seed=12)
     w1 = Worker(vc, seed=1)

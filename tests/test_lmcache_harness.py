@@ -24,7 +24,6 @@ import pytest
 pytest.importorskip("lmcache")
 
 import lmcache_valkey  # noqa: E402
-from lmcache_valkey import EmbeddedValkey  # noqa: E402
 from lmcache_valkey.testkit.lmcache_bench import LMCACHE_CLI, bench_l2_summary  # noqa: E402
 
 # The child processes must import the same lmcache_valkey as this one: the
@@ -39,12 +38,6 @@ REGISTER_FIRST = "from lmcache_valkey.lmcache import register; assert register()
 
 BENCH_ARGS = ["--num-keys", "16", "--data-size-kb", "1024", "--rounds", "2",
               "--warmup-rounds", "1", "--no-skip-verify"]
-
-
-@pytest.fixture(scope="module")
-def valkey():
-    with EmbeddedValkey() as s:
-        yield s
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:

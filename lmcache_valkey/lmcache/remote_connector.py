@@ -350,12 +350,11 @@ class ValkeyRemoteConnector(RemoteConnector):
         """How many keys, from the first, are stored (one EXISTS batch)."""
         if not keys:
             return 0
-        res: Sequence[Any]
         try:
-            res = self._client.batch_exists(self._keys(keys), refresh_ttl=self._ttl_set)
+            return _prefix_hits(self._client.batch_exists(self._keys(keys),
+                                                          refresh_ttl=self._ttl_set))
         except Exception as e:
-            res = self._lookup_failed(e, len(keys))
-        return _prefix_hits(res)
+            return self._lookup_failed(e, len(keys))
 
     def support_batched_async_contains(self) -> bool:
         return True
@@ -366,17 +365,16 @@ class ValkeyRemoteConnector(RemoteConnector):
         gets its full TTL again so it cannot expire before the load."""
         if not keys:
             return 0
-        res: Sequence[Any]
         try:
-            res = await self._client.abatch_exists(self._keys(keys), refresh_ttl=self._ttl_set)
+            return _prefix_hits(await self._client.abatch_exists(self._keys(keys),
+                                                                 refresh_ttl=self._ttl_set))
         except Exception as e:
-            res = self._lookup_failed(e, len(keys))
-        return _prefix_hits(res)
+            return self._lookup_failed(e, len(keys))
 
-    def _lookup_failed(self, e: Exception, n: int) -> list[Any]:
+    def _lookup_failed(self, e: Exception, n: int) -> int:
         self._log.warning("exists", "lmcache_valkey: lookup failed: %s", e)
         # A cluster node down: the keys before its first one still count.
-        return partial_results(e, n)
+        return _prefix_hits(partial_results(e, n))
 
     # -- loads -------------------------------------------------------------
 
