@@ -13,10 +13,11 @@ which keys hit, not how many, so that is the workload to compare.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import select
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     import numpy as np
@@ -61,22 +62,23 @@ def _import_error(module: str, package: str) -> str | None:
     return None
 
 
+@dataclasses.dataclass(eq=False, repr=False)
 class BenchClient:
     """One client under test. TCP when `host` is given, else the unix socket."""
 
-    name: str = "?"
-    supports_unix: bool = True  # else __init__ raises RuntimeError for a unix socket
+    host: str | None
+    port: int | None
+    unix_path: str | None
+    num_connections: int
 
-    def __init__(self, host: str | None, port: int | None, unix_path: str | None,
-                 num_connections: int) -> None:
-        if host is None and unix_path is None:
+    name = "?"  # not a field: bench.py may rename an instance
+    supports_unix: ClassVar[bool] = True  # else __init__ raises RuntimeError for a unix socket
+
+    def __post_init__(self) -> None:
+        if self.host is None and self.unix_path is None:
             raise ValueError("need a host and port or a unix socket path")
-        if host is None and not self.supports_unix:
+        if self.host is None and not self.supports_unix:
             raise RuntimeError(f"{self.name} connects over TCP only, not to a unix socket")
-        self.host = host
-        self.port = port
-        self.unix_path = unix_path
-        self.num_connections = num_connections
         self._connect()
 
     def _connect(self) -> None:
@@ -87,7 +89,7 @@ class BenchClient:
         return self.host is not None
 
     #: (module to import, pip package that provides it), for peers that need one
-    requires: tuple[str, str] | None = None
+    requires: ClassVar[tuple[str, str] | None] = None
 
     @classmethod
     def unavailable_reason(cls) -> str | None:

@@ -189,6 +189,12 @@ class Lm:
         for obj in objs:
             obj.ref_count_down()
 
+    def assert_loads(self, i: int) -> None:
+        """Chunk i loads back through the connector, its bytes exact."""
+        got = self.remote.get_blocking(key(i))
+        assert got is not None and content(got) == payload(i)
+        got.ref_count_down()
+
     def run(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
 
