@@ -14,6 +14,7 @@ seconds per GB moved (process CPU time, so all of a client's threads count).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -402,6 +403,24 @@ def _human(n: int) -> str:
         if n >= size:
             return f"{n / size:g} {unit}"
     return f"{n} B"
+
+
+def example_parser(doc: str, *, url: bool = False, value_size: str | None = None,
+                   keys: int | None = None, rounds: int | None = None,
+                   num_connections: int | None = None) -> argparse.ArgumentParser:
+    """The parser of an example benchmark: the first paragraph of its `doc`
+    as the description, and the options it shares with the others, each
+    with the default given here (None: not an option of this bench)."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    if url:
+        p.add_argument("--url", help="server URL (default: an embedded valkey-server)")
+    if value_size is not None:
+        p.add_argument("--value-size", type=parse_size, default=parse_size(value_size))
+    for flag, default in (("--keys", keys), ("--rounds", rounds),
+                          ("--num-connections", num_connections)):
+        if default is not None:
+            p.add_argument(flag, type=int, default=default)
+    return p
 
 
 def parse_size(text: str) -> int:

@@ -60,3 +60,20 @@ def read_back(client: Any, keys: list[str], size: int) -> tuple[Any, list[Any]]:
 
     dests = [np.zeros(size, np.uint8) for _ in keys]
     return client.batch_get_into(keys, dests), dests
+
+
+def wait_until_answering(proc: Any, probe: Callable[[], object], timeout_s: float,
+                         pause_s: float, name: str, log_tail: Callable[[], str]) -> bool:
+    """``probe()`` again (after `pause_s`) while it raises OSError: True once
+    it does not, False after `timeout_s`; RuntimeError (with `log_tail()`)
+    if the process `proc` exits first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log_tail()}")
+        try:
+            probe()
+            return True
+        except OSError:
+            time.sleep(pause_s)
+    return False

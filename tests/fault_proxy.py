@@ -201,14 +201,8 @@ class FaultProxy:
         if link.half_closed:
             client_ev = selectors.EVENT_READ  # drain, and notice when the client leaves
         elif self.mode == PASS:
-            if len(link.to_server) < _HIGH_WATER:
-                client_ev |= selectors.EVENT_READ
-            if link.to_client:
-                client_ev |= selectors.EVENT_WRITE
-            if len(link.to_client) < _HIGH_WATER:
-                server_ev |= selectors.EVENT_READ
-            if link.to_server:
-                server_ev |= selectors.EVENT_WRITE
+            client_ev = _side_events(sends=link.to_server, receives=link.to_client)
+            server_ev = _side_events(sends=link.to_client, receives=link.to_server)
         self._set_interest(link.client, client_ev, link)
         if link.server is not None:
             self._set_interest(link.server, server_ev, link)
@@ -264,3 +258,12 @@ class FaultProxy:
                 _reset(sock)
             else:
                 sock.close()
+
+
+def _side_events(sends: bytearray, receives: bytearray) -> int:
+    """Selector events for one side of a link: read while what it sends has
+    room in its buffer, write while there is something for it."""
+    events = selectors.EVENT_READ if len(sends) < _HIGH_WATER else 0
+    if receives:
+        events |= selectors.EVENT_WRITE
+    return events

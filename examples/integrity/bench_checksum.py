@@ -13,14 +13,13 @@ Needs ``pip install 'lmcache_valkey[integrity,bench]'``.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 import numpy as np
 
 from lmcache_valkey import ValkeyClient
-from lmcache_valkey.bench import parse_size, values_and_dests
+from lmcache_valkey.bench import example_parser, values_and_dests
 from lmcache_valkey.embedded import url_or_embedded
 from lmcache_valkey.integrity import Checksum
 
@@ -49,13 +48,8 @@ def digest_speed(name: str, values: list[np.ndarray]) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--url", help="server URL (default: an embedded valkey-server)")
-    p.add_argument("--value-size", type=parse_size, default=parse_size("4MiB"))
-    p.add_argument("--keys", type=int, default=32)
-    p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--num-connections", type=int, default=2)
-    args = p.parse_args()
+    args = example_parser(__doc__, url=True, value_size="4MiB", keys=32, rounds=10,
+                          num_connections=2).parse_args()
 
     values, dests = values_and_dests(args.keys, args.value_size)
     moved = args.keys * args.value_size

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 
+from lmcache_valkey.bench import example_parser
 from lmcache_valkey.embedded import EmbeddedValkey, server_binary
 from lmcache_valkey.testkit.lmcache_bench import LMCACHE_CLI, bench_l2_summary
 
@@ -61,7 +62,7 @@ def run_once(spec: str, args: argparse.Namespace, cwd: str) -> dict[str, float]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = example_parser(__doc__)
     ap.add_argument("--servers", default="valkey9,valkey8,redis7")
     ap.add_argument("--data-size-kb", type=int, default=4096)
     ap.add_argument("--num-keys", type=int, default=32)

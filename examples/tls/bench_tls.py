@@ -15,7 +15,6 @@ valkey-py receive bytes objects and pay a copy into the destination.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import shutil
 import socket
@@ -30,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from lmcache_valkey import ValkeyClient
-from lmcache_valkey.bench import values_and_dests
+from lmcache_valkey.bench import example_parser, values_and_dests
 
 
 def _free_port() -> int:
@@ -117,13 +116,10 @@ def _redis_py(module: str, url: str, ca: str | None) -> tuple[Callable[..., Any]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = example_parser(__doc__, value_size="4MiB", keys=32, rounds=7)
     ap.add_argument("--tls-url")
     ap.add_argument("--plain-url")
     ap.add_argument("--ca", help="CA file for the TLS URL (or ?tls_ca_file= in it)")
-    ap.add_argument("--keys", type=int, default=32)
-    ap.add_argument("--value-size", type=int, default=4 << 20)
-    ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--clients", default="ours,redis-py,valkey-py")
     args = ap.parse_args()
 
