@@ -23,6 +23,7 @@ servers, shared_keyspace.py, server_pressure.py, fault_proxy.py).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import uuid
@@ -168,11 +169,9 @@ def prefix() -> str:
 
 @pytest.fixture
 def make_client() -> Iterator[Callable[..., ValkeyClient]]:
-    def build(url: str, **options: Any) -> ValkeyClient:
-        options.setdefault("op_timeout_s", 10.0)
-        return open_client(url, **options)  # a ValkeyClient, or a cluster client
-
-    yield from closing_factory(build)
+    """open_client (a ValkeyClient, or a cluster client), op_timeout_s 10 s
+    unless given; closed at teardown."""
+    yield from closing_factory(functools.partial(open_client, op_timeout_s=10.0))
 
 
 @pytest.fixture

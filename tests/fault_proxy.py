@@ -67,7 +67,7 @@ class _Link:
         self.half_closed = False
 
 
-class FaultProxy:
+class FaultProxy(contextlib.AbstractContextManager["FaultProxy"]):
     """``with FaultProxy(server.host, server.port) as proxy: url = proxy.url``"""
 
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
@@ -75,6 +75,7 @@ class FaultProxy:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.setblocking(False)
         self.host, self.port = "127.0.0.1", self._listener.getsockname()[1]
+        self.url = f"valkey://{self.host}:{self.port}"
         self.mode = PASS
         self.accepted = 0
         self._links: list[_Link] = []
@@ -91,10 +92,6 @@ class FaultProxy:
     # -- control (any thread) --------------------------------------------------
 
     @property
-    def url(self) -> str:
-        return f"valkey://{self.host}:{self.port}"
-
-    @property
     def open_connections(self) -> int:
         return len(self._links)
 
@@ -109,9 +106,6 @@ class FaultProxy:
         if self._thread.is_alive():
             self._command("stop", 5.0)
             self._thread.join(5.0)
-
-    def __enter__(self) -> FaultProxy:
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()

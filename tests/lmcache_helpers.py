@@ -101,6 +101,15 @@ def _keys(n: int, model: str = "model-a", *, start: int = 0, salt: str = "",
             for i in range(n)]
 
 
+def store_new(run: Runner, alloc: Any, n: int, *shape: Any) -> tuple[list[Any], list[Any]]:
+    """`n` new chunks (``_keys(n)``, objects from the `alloc` fixture, of
+    `shape` if given) stored through `run`: (keys, objects)."""
+    keys = _keys(n)
+    objs = alloc(n, *shape)
+    assert run.store(keys, objs).is_successful()
+    return keys, objs
+
+
 def _bytes(obj) -> bytes:
     return obj.raw_data[: obj.get_size()].numpy().tobytes()
 

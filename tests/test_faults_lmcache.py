@@ -35,6 +35,7 @@ from lmcache_helpers import (  # noqa: E402
     key,
     payload,
     plugin_keys,
+    store_new,
 )
 
 from lmcache_valkey.lmcache.l2_adapter import encode_object_key  # noqa: E402
@@ -106,9 +107,7 @@ def test_l2_stores_past_maxmemory_are_reported_failed_and_the_adapter_carries_on
 def test_l2_chunk_evicted_mid_prefix_lmcache_serves_only_the_chunks_before_it(
         make_server, make_adapter, alloc) -> None:
     r, adapter, run = _adapter_on_own_server(make_server, make_adapter, mem.ALLKEYS_LRU)
-    keys = _keys(6)
-    src = alloc(6)
-    assert run.store(keys, src).is_successful()
+    keys, src = store_new(run, alloc, 6)
 
     mem.evict(r, PREFIX.encode() + encode_object_key(keys[3]))   # a real LRU eviction
     found = run.lookup(keys)

@@ -27,7 +27,7 @@ from lmcache.v1.distributed.l2_adapters import create_l2_adapter  # noqa: E402
 from lmcache.v1.distributed.l2_adapters.config import (  # noqa: E402
     parse_args_to_l2_adapters_config,
 )
-from lmcache_helpers import BIG_SHAPE, SHAPE, Runner, _bytes, _keys  # noqa: E402
+from lmcache_helpers import BIG_SHAPE, SHAPE, Runner, _bytes, _keys, store_new  # noqa: E402
 
 from lmcache_valkey.lmcache import ValkeyL2Adapter, ValkeyL2AdapterConfig, register  # noqa: E402
 from lmcache_valkey.lmcache.l2_adapter import encode_object_key  # noqa: E402
@@ -142,10 +142,7 @@ def test_encoding_is_a_fixed_function_of_the_key():
 def _stored(adapter, alloc, n, *shape):
     """A Runner on `adapter` and `n` chunks stored through it: (run, keys, src)."""
     run = Runner(adapter)
-    keys = _keys(n)
-    src = alloc(n, *shape)
-    assert run.store(keys, src).is_successful()
-    return run, keys, src
+    return (run, *store_new(run, alloc, n, *shape))
 
 
 def test_ttl_set_on_store_and_renewed_by_lookup(server, prefix, make_adapter, alloc, raw):

@@ -117,10 +117,13 @@ def _redis_py(module: str, url: str, ca: str | None) -> tuple[Callable[..., Any]
 
 def main() -> None:
     ap = example_parser(__doc__, value_size="4MiB", keys=32, rounds=7)
-    ap.add_argument("--tls-url")
-    ap.add_argument("--plain-url")
+    ap.add_argument("--tls-url", help="valkeys:// URL of the server's TLS port (default: a "
+                                      "redis-server of its own, with a throwaway CA)")
+    ap.add_argument("--plain-url", help="valkey:// URL of the same server's plain port "
+                                        "(with --tls-url; measured too when given)")
     ap.add_argument("--ca", help="CA file for the TLS URL (or ?tls_ca_file= in it)")
-    ap.add_argument("--clients", default="ours,redis-py,valkey-py")
+    ap.add_argument("--clients", default="ours,redis-py,valkey-py",
+                    help="comma-separated clients to measure")
     args = ap.parse_args()
 
     with contextlib.ExitStack() as stack:
