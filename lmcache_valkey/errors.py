@@ -16,6 +16,7 @@ passwords or usernames.
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from typing import Any
 
 
@@ -85,3 +86,11 @@ def partial_results(exc: BaseException, n: int) -> list[Any]:
     partial = getattr(exc, "partial", None)
     out = list(partial) if isinstance(partial, list) else []
     return (out + [None] * n)[:n]
+
+
+def failed_future(exc: BaseException) -> Future[Any]:
+    """A future that has already failed with `exc`: the outcome of a batch
+    that could not even be submitted (a closed client, say)."""
+    fut: Future[Any] = Future()
+    fut.set_exception(exc)
+    return fut

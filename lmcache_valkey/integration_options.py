@@ -31,10 +31,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import ClientConfig, Secret, unknown_options_error
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .client.factory import AnyClient
 
 #: Every option a client takes (the fields of ClientConfig).
 CLIENT_OPTIONS = frozenset(f.name for f in dataclasses.fields(ClientConfig))
@@ -94,3 +97,20 @@ class IntegrationOptions:
             raise ConfigError(f"{self.owner} needs a server: {self.missing_server}")
         return config
 
+
+class IntegrationConfig:
+    """What an integration's validated config (a dataclass with a
+    ``client_config`` field) does the same way as the others."""
+
+    client_config: ClientConfig
+
+    def create_client(self) -> AnyClient:
+        """A ValkeyClient, or a cluster client for a cluster URL / cluster=true."""
+        from .client.factory import open_client
+
+        return open_client(config=self.client_config)
+
+    def _client_summary(self) -> str:  # no secrets
+        c = self.client_config
+        return (f"{c.redacted_url()}, key_prefix={c.key_prefix!r}, ttl_s={c.ttl_s}, "
+                f"num_connections={c.num_connections}")

@@ -27,3 +27,14 @@ def closing_factory(build: Callable[..., T],
     yield make
     for thing in made:
         release(thing)
+
+
+def valkey_py(host: str, port: int) -> Iterator[Any]:
+    """``yield from valkey_py(host, port)`` in a fixture: a valkey-py client
+    there (the test is skipped without valkey-py), closed at teardown."""
+    import pytest
+
+    valkey = pytest.importorskip("valkey")
+    r = valkey.Valkey(host=host, port=port)
+    yield r
+    r.close()

@@ -15,16 +15,19 @@ import pytest
 from lmcache_valkey.testkit.local_cluster import LocalCluster, start_local_cluster
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
+def _three_primaries() -> Iterator[LocalCluster]:
     with start_local_cluster(3) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    yield from _three_primaries()
 
 
 @pytest.fixture
 def fresh_cluster() -> Iterator[LocalCluster]:
-    with start_local_cluster(3) as c:
-        yield c
+    yield from _three_primaries()
 
 
 @pytest.fixture

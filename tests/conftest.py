@@ -23,6 +23,7 @@ servers, shared_keyspace.py, server_pressure.py, fault_proxy.py).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import uuid
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from closing import closing_factory
+from closing import closing_factory, valkey_py
 
 from lmcache_valkey import EmbeddedValkey, ValkeyClient, open_client
 from lmcache_valkey.server.embedded import EmbeddedServerError, server_binary
@@ -168,11 +169,9 @@ def prefix() -> str:
 
 @pytest.fixture
 def make_client() -> Iterator[Callable[..., ValkeyClient]]:
-    def build(url: str, **options: Any) -> ValkeyClient:
-        options.setdefault("op_timeout_s", 10.0)
-        return open_client(url, **options)  # a ValkeyClient, or a cluster client
-
-    yield from closing_factory(build)
+    """open_client (a ValkeyClient, or a cluster client), op_timeout_s 10 s
+    unless given; closed at teardown."""
+    yield from closing_factory(functools.partial(open_client, op_timeout_s=10.0))
 
 
 @pytest.fixture
@@ -183,10 +182,14 @@ def client(server: EmbeddedValkey, prefix: str, make_client) -> ValkeyClient:
 @pytest.fixture
 def raw(server: EmbeddedValkey):
     """A second, independent client (valkey-py) to look at the server."""
-    valkey = pytest.importorskip("valkey")
-    r = valkey.Valkey(host=server.host, port=server.port)
-    yield r
-    r.close()
+    yield from valkey_py(server.host, server.port)
+
+
+@pytest.fixture(scope="module")
+def valkey() -> Iterator[EmbeddedValkey]:
+    """A server of the test module's own."""
+    with EmbeddedValkey() as s:
+        yield s
 
 
 # -- the in-process vLLM connector tests (test_vllm_*.py, test_faults_vllm.py) --

@@ -67,7 +67,7 @@ class _Link:
         self.half_closed = False
 
 
-class FaultProxy:
+class FaultProxy(contextlib.AbstractContextManager["FaultProxy"]):
     """``with FaultProxy(server.host, server.port) as proxy: url = proxy.url``"""
 
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
@@ -75,6 +75,7 @@ class FaultProxy:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.setblocking(False)
         self.host, self.port = "127.0.0.1", self._listener.getsockname()[1]
+        self.url = f"valkey://{self.host}:{self.port}"
         self.mode = PASS
         self.accepted = 0
         self._links: list[_Link] = []
@@ -91,10 +92,6 @@ class FaultProxy:
     # -- control (any thread) --------------------------------------------------
 
     @property
-    def url(self) -> str:
-        return f"valkey://{self.host}:{self.port}"
-
-    @property
     def open_connections(self) -> int:
         return len(self._links)
 
@@ -109,9 +106,6 @@ class FaultProxy:
         if self._thread.is_alive():
             self._command("stop", 5.0)
             self._thread.join(5.0)
-
-    def __enter__(self) -> FaultProxy:
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -201,14 +195,8 @@ class FaultProxy:
         if link.half_closed:
             client_ev = selectors.EVENT_READ  # drain, and notice when the client leaves
         elif self.mode == PASS:
-            if len(link.to_server) < _HIGH_WATER:
-                client_ev |= selectors.EVENT_READ
-            if link.to_client:
-                client_ev |= selectors.EVENT_WRITE
-            if len(link.to_client) < _HIGH_WATER:
-                server_ev |= selectors.EVENT_READ
-            if link.to_server:
-                server_ev |= selectors.EVENT_WRITE
+            client_ev = _side_events(sends=link.to_server, receives=link.to_client)
+            server_ev = _side_events(sends=link.to_client, receives=link.to_server)
         self._set_interest(link.client, client_ev, link)
         if link.server is not None:
             self._set_interest(link.server, server_ev, link)
@@ -264,3 +252,12 @@ class FaultProxy:
                 _reset(sock)
             else:
                 sock.close()
+
+
+def _side_events(sends: bytearray, receives: bytearray) -> int:
+    """Selector events for one side of a link: read while what it sends has
+    room in its buffer, write while there is something for it."""
+    events = selectors.EVENT_READ if len(sends) < _HIGH_WATER else 0
+    if receives:
+        events |= selectors.EVENT_WRITE
+    return events

@@ -101,6 +101,15 @@ def _keys(n: int, model: str = "model-a", *, start: int = 0, salt: str = "",
             for i in range(n)]
 
 
+def store_new(run: Runner, alloc: Any, n: int, *shape: Any) -> tuple[list[Any], list[Any]]:
+    """`n` new chunks (``_keys(n)``, objects from the `alloc` fixture, of
+    `shape` if given) stored through `run`: (keys, objects)."""
+    keys = _keys(n)
+    objs = alloc(n, *shape)
+    assert run.store(keys, objs).is_successful()
+    return keys, objs
+
+
 def _bytes(obj) -> bytes:
     return obj.raw_data[: obj.get_size()].numpy().tobytes()
 
@@ -188,6 +197,12 @@ class Lm:
         assert done.wait(10)
         for obj in objs:
             obj.ref_count_down()
+
+    def assert_loads(self, i: int) -> None:
+        """Chunk i loads back through the connector, its bytes exact."""
+        got = self.remote.get_blocking(key(i))
+        assert got is not None and content(got) == payload(i)
+        got.ref_count_down()
 
     def run(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)

@@ -35,6 +35,13 @@ def admin(server: Any) -> Any:
     return valkey.Valkey(host=server.host, port=server.port)
 
 
+def own_server(make_server: Any, config: dict[str, str]) -> tuple[Any, Any]:
+    """A server of the test's own with this memory config (``make_server``
+    the fixture), and its admin connection."""
+    server = make_server(config=config)
+    return server, admin(server)
+
+
 def fill_until_oom(r: Any, limit: int = 10_000) -> int:
     """Write fillers until the server refuses even small ones with OOM (a
     refused large SET frees its own request buffer, leaving room for small

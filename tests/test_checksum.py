@@ -338,28 +338,26 @@ def test_lmcache_l2_adapter_turns_a_corrupted_chunk_into_a_failed_load(server, p
 
 def test_vllm_connector_reports_a_corrupted_block_for_recompute(server, raw, tmp_path):
     pytest.importorskip("vllm")
-    from vllm_harness import BLOCK, Worker, computed_before_step, run_prefill, tokens, vllm_config
+    import vllm_harness as vh
 
     from lmcache_valkey.testkit.tiny_llama import TEST_TINY, build_tiny_llama
 
     model_dir = build_tiny_llama(tmp_path / "tiny-llama", **TEST_TINY)
     extra = {"url": server.url, "key_prefix": f"ck:{tmp_path.name}:", "checksum": "xxh3"}
-    vc = vllm_config(model_dir, extra)
-    toks = tokens(200, seed=11)
-    first = Worker(vc, seed=1)
-    _, _, out, _ = run_prefill(vc, first, toks)
-    [save] = out.kv_connector_metadata.saves
-    stored = {h: first.block_bytes(b) for h, b in zip(save.hashes, save.block_ids, strict=True)}
-    victim = extra["key_prefix"] + first.connector.key_of(save.hashes[3])
-    assert raw.strlen(victim) == len(stored[save.hashes[3]]) + TRAILER_LEN
-    raw.setrange(victim, 1000, bytes([stored[save.hashes[3]][1000] ^ 1]))
+    vc = vh.vllm_config(model_dir, extra)
+    toks = vh.tokens(200, seed=11)
+    first, _, stored = vh.prefill_on_new_worker(vc, toks, seed=1)
+    hashes = list(stored)
+    victim = extra["key_prefix"] + first.connector.key_of(hashes[3])
+    assert raw.strlen(victim) == len(stored[hashes[3]]) + TRAILER_LEN
+    raw.setrange(victim, 1000, bytes([stored[hashes[3]][1000] ^ 1]))
 
-    second = Worker(vc, seed=2)
-    _, _, out, errors = run_prefill(vc, second, toks)
+    second = vh.Worker(vc, seed=2)
+    _, _, out, errors = vh.run_prefill(vc, second, toks)
     [load] = out.kv_connector_metadata.loads
     assert len(load.hashes) == 6                  # the lookup sees the key ...
     assert errors == {load.block_ids[3]}          # ... the load rejects it: vLLM recomputes
-    assert computed_before_step(out) == 3 * BLOCK  # from there
+    assert vh.computed_before_step(out) == 3 * vh.BLOCK  # from there
     for i, (h, b) in enumerate(zip(load.hashes, load.block_ids, strict=True)):
         if i != 3:
             assert second.block_bytes(b) == stored[h]

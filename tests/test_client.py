@@ -18,6 +18,7 @@ import selectors
 
 import numpy as np
 import pytest
+from closing import valkey_py
 
 from lmcache_valkey import BatchResult, CompletionQueue, ConfigError, ProtocolError, ValkeyClient
 from lmcache_valkey.errors import ClientClosedError
@@ -42,10 +43,7 @@ def client(connect, prefix: str) -> ValkeyClient:
 def raw(endpoint):
     """A second, independent client (valkey-py) on a plain TCP port of the
     endpoint's server, to look at what the client did."""
-    valkey = pytest.importorskip("valkey")
-    r = valkey.Valkey(host=endpoint.raw_host, port=endpoint.raw_port)
-    yield r
-    r.close()
+    yield from valkey_py(endpoint.raw_host, endpoint.raw_port)
 
 
 def payload(size: int, seed: int = 0) -> np.ndarray:

@@ -15,6 +15,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from checks import retry
 
 from lmcache_valkey import (
     CompletionQueue,
@@ -322,15 +323,7 @@ def test_killed_primary_fails_only_its_keys_then_recovers(fresh_cluster, make_cl
 
     victim.start()  # same port and nodes.conf: rejoins with its slots, no data
     cl.wait_ok()
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            res = c.batch_set(keys, values)
-            break
-        except ValkeyConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+    res = retry(lambda: c.batch_set(keys, values), ValkeyConnectionError, 20, 0.1)
     assert list(res) == [True] * len(keys)
     dests = [bytearray(2000) for _ in keys]
     assert list(c.batch_get_into(keys, dests)) == [2000] * len(keys)

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+from checks import raises_within, read_back, retry
 
 from lmcache_valkey import ClientClosedError, ValkeyConnectionError
 from lmcache_valkey.server.embedded import free_port
@@ -21,34 +22,32 @@ VALUE = 4 << 20
 
 def wait_until_serving(client, deadline_s: float = 15.0) -> None:
     """Retry through the client's reconnect back-off until the server answers."""
-    deadline = time.monotonic() + deadline_s
-    while True:
-        try:
-            if client.batch_exists(["probe"]) == [False]:
-                return
-        except ValkeyConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+    retry(lambda: client.batch_exists(["probe"]), ValkeyConnectionError, deadline_s, 0.05,
+          until=lambda found: found == [False])
+
+
+def _client_with_stored(make_client, s, n: int, seed: int):
+    """A client on `s` and `n` keys stored through it, all of one random
+    VALUE: (client, keys, value)."""
+    c = make_client(s.url, num_connections=2, op_timeout_s=5.0)
+    keys = [f"k{i}" for i in range(n)]
+    value = np.random.default_rng(seed).integers(0, 256, VALUE, dtype=np.uint8)
+    assert all(c.batch_set(keys, [value] * len(keys)))
+    return c, keys, value
 
 
 @pytest.mark.timeout(30)
 def test_server_down_is_a_clear_error_naming_host_port_within_connect_timeout(make_client) -> None:
     port = free_port()  # nothing listens here
     c = make_client(f"valkey://127.0.0.1:{port}", connect_timeout_s=2.0)
-    t0 = time.monotonic()
-    with pytest.raises(ValkeyConnectionError, match=f"127.0.0.1:{port}"):
+    with raises_within(2.0 + 1.0, ValkeyConnectionError, match=f"127.0.0.1:{port}"):
         c.batch_get_into(["k"], [bytearray(4)])
-    assert time.monotonic() - t0 < 2.0 + 1.0
 
 
 @pytest.mark.timeout(60)
 def test_server_killed_mid_batch_then_restarted(make_server, make_client, server_kind) -> None:
     s = make_server(server_kind)  # each of conftest.CONTRACT_SERVERS
-    c = make_client(s.url, num_connections=2, op_timeout_s=5.0)
-    keys = [f"k{i}" for i in range(48)]
-    value = np.random.default_rng(1).integers(0, 256, VALUE, dtype=np.uint8)
-    assert all(c.batch_set(keys, [value] * len(keys)))
+    c, keys, value = _client_with_stored(make_client, s, 48, seed=1)
     dests = [np.zeros(VALUE, np.uint8) for _ in keys]
 
     killer = threading.Timer(0.02, s.kill)
@@ -116,10 +115,8 @@ def test_server_that_accepts_but_never_answers_auth_fails_within_connect_timeout
         port = listener.getsockname()[1]
         c = make_client(f"valkey://127.0.0.1:{port}", password="pw",
                         connect_timeout_s=0.5, op_timeout_s=60)
-        t0 = time.monotonic()
-        with pytest.raises(ValkeyConnectionError, match=f"127.0.0.1:{port}"):
+        with raises_within(3, ValkeyConnectionError, match=f"127.0.0.1:{port}"):
             c.batch_exists(["k"])
-        assert time.monotonic() - t0 < 3
 
 
 # -- kill -9 with persistence: "reported stored" must mean stored ---------------
@@ -163,8 +160,7 @@ def test_server_killed_mid_set_batch_every_key_reported_stored_survives(make_ser
 
     s.start()  # same port, same directory: the append-only file is replayed
     wait_until_serving(c)
-    dests = [np.zeros(size, np.uint8) for _ in keys]
-    got = c.batch_get_into(keys, dests)
+    got, dests = read_back(c, keys, size)
     for i, ok in enumerate(reported):
         if ok:
             assert got[i] == size and (dests[i] == values[i]).all(), f"key {i} reported stored"
@@ -174,10 +170,7 @@ def test_server_killed_mid_set_batch_every_key_reported_stored_survives(make_ser
 def test_futures_and_awaits_in_flight_when_the_server_dies_all_end(make_server,
                                                                   make_client) -> None:
     s = make_server()
-    c = make_client(s.url, num_connections=2, op_timeout_s=5.0)
-    keys = [f"k{i}" for i in range(32)]
-    value = np.random.default_rng(3).integers(0, 256, VALUE, dtype=np.uint8)
-    assert all(c.batch_set(keys, [value] * len(keys)))
+    c, keys, value = _client_with_stored(make_client, s, 32, seed=3)
     dests = [[np.zeros(VALUE, np.uint8) for _ in keys] for _ in range(8)]
 
     async def awaited() -> list[object]:

@@ -35,6 +35,7 @@ from lmcache_helpers import (  # noqa: E402
     key,
     payload,
     plugin_keys,
+    store_new,
 )
 
 from lmcache_valkey.lmcache.l2_adapter import encode_object_key  # noqa: E402
@@ -65,9 +66,9 @@ def leading(found: list[bool]) -> int:
 def _adapter_on_own_server(make_server, make_adapter, config):
     """A server of the test's own with this memory config, its admin
     connection, an L2 adapter on it and the adapter's blocking runner."""
-    s = make_server(config=config)
+    s, r = mem.own_server(make_server, config)
     adapter = make_adapter(s.url, key_prefix=PREFIX, num_connections=2)
-    return mem.admin(s), adapter, Runner(adapter)
+    return r, adapter, Runner(adapter)
 
 
 def test_l2_stores_past_maxmemory_are_reported_failed_and_the_adapter_carries_on(
@@ -106,9 +107,7 @@ def test_l2_stores_past_maxmemory_are_reported_failed_and_the_adapter_carries_on
 def test_l2_chunk_evicted_mid_prefix_lmcache_serves_only_the_chunks_before_it(
         make_server, make_adapter, alloc) -> None:
     r, adapter, run = _adapter_on_own_server(make_server, make_adapter, mem.ALLKEYS_LRU)
-    keys = _keys(6)
-    src = alloc(6)
-    assert run.store(keys, src).is_successful()
+    keys, src = store_new(run, alloc, 6)
 
     mem.evict(r, PREFIX.encode() + encode_object_key(keys[3]))   # a real LRU eviction
     found = run.lookup(keys)
@@ -135,11 +134,16 @@ def chunk_name(i: int) -> str:
     return PREFIX + key(i).to_string()
 
 
+def _lm_on_own_server(make_server, make_lm, config):
+    """A server of the test's own with this memory config, its admin
+    connection, and LMCache with our remote connector on it."""
+    s, r = mem.own_server(make_server, config)
+    return r, make_lm(plugin_keys(url=s.url, key_prefix=PREFIX))
+
+
 def test_remote_connector_put_past_maxmemory_is_logged_not_raised(make_server,
                                                                   make_lm) -> None:
-    s = make_server(config=mem.NOEVICTION)
-    r = mem.admin(s)
-    lm = make_lm(plugin_keys(url=s.url, key_prefix=PREFIX))
+    r, lm = _lm_on_own_server(make_server, make_lm, mem.NOEVICTION)
     mem.fill_until_oom(r)
     lm.put({i: lm.chunk(i) for i in range(3)})             # completes; nothing raises
     assert [lm.remote.contains(key(i)) for i in range(3)] == [False] * 3
@@ -147,16 +151,12 @@ def test_remote_connector_put_past_maxmemory_is_logged_not_raised(make_server,
 
     mem.make_room(r)
     lm.put({i: lm.chunk(i) for i in range(3)})
-    got = lm.remote.get_blocking(key(1))
-    assert got is not None and content(got) == payload(1)
-    got.ref_count_down()
+    lm.assert_loads(1)
 
 
 def test_remote_connector_chunk_evicted_mid_prefix_counts_only_the_chunks_before_it(
         make_server, make_lm) -> None:
-    s = make_server(config=mem.ALLKEYS_LRU)
-    r = mem.admin(s)
-    lm = make_lm(plugin_keys(url=s.url, key_prefix=PREFIX))
+    r, lm = _lm_on_own_server(make_server, make_lm, mem.ALLKEYS_LRU)
     lm.put({i: lm.chunk(i) for i in range(6)})
     keys = [key(i) for i in range(6)]
     assert lm.remote.batched_contains(keys) == 6

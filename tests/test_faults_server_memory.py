@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import server_pressure as mem
+from checks import read_back
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(60)]
 
@@ -34,8 +35,7 @@ def test_sets_past_maxmemory_are_per_key_oom_results_and_the_client_carries_on(
     assert sorted(result.errors) == refused
     assert {result.errors[i].code for i in refused} == {"OOM"}
 
-    dests = [np.zeros(SIZE, np.uint8) for _ in keys]
-    got = c.batch_get_into(keys, dests)            # same connections, still in sync
+    got, dests = read_back(c, keys, SIZE)          # same connections, still in sync
     for i in range(len(keys)):
         if i in stored:
             assert got[i] == SIZE and (dests[i] == vals[i]).all()
@@ -50,8 +50,7 @@ def test_sets_past_maxmemory_are_per_key_oom_results_and_the_client_carries_on(
 
 
 def test_evicted_keys_read_as_misses_and_the_rest_stay_exact(make_server, make_client) -> None:
-    s = make_server(config=mem.ALLKEYS_LRU)
-    r = mem.admin(s)
+    s, r = mem.own_server(make_server, mem.ALLKEYS_LRU)
     c = make_client(s.url, key_prefix="p:", num_connections=2)
     keys = [f"k{i}" for i in range(8)]
     vals = values(len(keys), 2)
@@ -62,8 +61,7 @@ def test_evicted_keys_read_as_misses_and_the_rest_stay_exact(make_server, make_c
     present = [bool(r.exists(f"p:{k}")) for k in keys]
     assert not present[5]
     assert c.batch_exists(keys) == present
-    dests = [np.zeros(SIZE, np.uint8) for _ in keys]
-    got = c.batch_get_into(keys, dests)
+    got, dests = read_back(c, keys, SIZE)
     for i, here in enumerate(present):
         if here:
             assert got[i] == SIZE and (dests[i] == vals[i]).all()
@@ -73,8 +71,7 @@ def test_evicted_keys_read_as_misses_and_the_rest_stay_exact(make_server, make_c
 
 def test_writes_refused_while_full_then_accepted_after_the_fillers_go(make_server,
                                                                       make_client) -> None:
-    s = make_server(config=mem.NOEVICTION)
-    r = mem.admin(s)
+    s, r = mem.own_server(make_server, mem.NOEVICTION)
     c = make_client(s.url, num_connections=1)
     mem.fill_until_oom(r)
     result = c.batch_set(["a", "b"], [b"x" * 1024, b"y" * 1024])

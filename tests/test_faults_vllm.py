@@ -26,6 +26,7 @@ from vllm_harness import (  # noqa: E402
     BLOCK,
     Worker,
     computed_before_step,
+    prefill_on_new_worker,
     request,
     run_prefill,
     scheduler,
@@ -39,16 +40,9 @@ PREFIX = "vf:"
 N_BLOCKS = 6               # 200 prompt tokens: 6 full blocks of 32
 
 
-def stored_blocks(w: Worker, out) -> dict[str, bytes]:
-    """hash -> block bytes of what this step saved."""
-    [save] = out.kv_connector_metadata.saves
-    return {h: w.block_bytes(b) for h, b in zip(save.hashes, save.block_ids, strict=True)}
-
-
 def test_maxmemory_reached_saves_fail_per_block_and_serving_goes_on(model_dir, make_server,
                                                                    caplog) -> None:
-    s = make_server(config=mem.NOEVICTION)
-    r = mem.admin(s)
+    s, r = mem.own_server(make_server, mem.NOEVICTION)
     mem.fill_until_oom(r)
     vc = vllm_config(model_dir, {"url": s.url, "key_prefix": PREFIX})
     toks = tokens(200, seed=11)
@@ -71,10 +65,8 @@ def test_maxmemory_reached_saves_fail_per_block_and_serving_goes_on(model_dir, m
     assert out.kv_connector_metadata.loads == []
 
     mem.make_room(r)                                           # room again
-    w3 = Worker(vc, seed=3)
-    _, _, out, _ = run_prefill(vc, w3, toks)
+    w3, out, stored = prefill_on_new_worker(vc, toks, seed=3)
     assert w3.connector._worker.blocks_saved == N_BLOCKS
-    stored = stored_blocks(w3, out)
     w4 = Worker(vc, seed=4)
     _, _, out, errors = run_prefill(vc, w4, toks)
     assert computed_before_step(out) == N_BLOCKS * BLOCK and errors == set()
@@ -85,13 +77,10 @@ def test_maxmemory_reached_saves_fail_per_block_and_serving_goes_on(model_dir, m
 
 def test_block_evicted_mid_prefix_only_the_blocks_before_it_are_loaded(model_dir,
                                                                        make_server) -> None:
-    s = make_server(config=mem.ALLKEYS_LRU)
-    r = mem.admin(s)
+    s, r = mem.own_server(make_server, mem.ALLKEYS_LRU)
     vc = vllm_config(model_dir, {"url": s.url, "key_prefix": PREFIX})
     toks = tokens(200, seed=12)
-    w1 = Worker(vc, seed=1)
-    _, _, out, _ = run_prefill(vc, w1, toks)
-    stored = stored_blocks(w1, out)
+    w1, out, stored = prefill_on_new_worker(vc, toks, seed=1)
     hashes = list(stored)
     assert len(hashes) == N_BLOCKS
 

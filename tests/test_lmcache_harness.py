@@ -24,7 +24,7 @@ import pytest
 pytest.importorskip("lmcache")
 
 import lmcache_valkey  # noqa: E402
-from lmcache_valkey import EmbeddedValkey  # noqa: E402
+from lmcache_valkey.testkit.lmcache_bench import LMCACHE_CLI, bench_l2_summary  # noqa: E402
 
 # The child processes must import the same lmcache_valkey as this one: the
 # installed build in CI, the in-place build when run with PYTHONPATH=. (the
@@ -32,20 +32,12 @@ from lmcache_valkey import EmbeddedValkey  # noqa: E402
 PACKAGE_PARENT = Path(lmcache_valkey.__file__).resolve().parent.parent
 TIMEOUT_S = 180
 
-# `lmcache ...` exactly as the console script runs it; REGISTER_FIRST is the
-# same with lmcache_valkey's register() called first (the launcher route).
-LMCACHE_CLI = ("import sys; from lmcache.cli.main import main; sys.argv[0] = 'lmcache'; "
-               "sys.exit(main())")
+# REGISTER_FIRST is `lmcache ...` with lmcache_valkey's register() called
+# first (the launcher route).
 REGISTER_FIRST = "from lmcache_valkey.lmcache import register; assert register(); " + LMCACHE_CLI
 
 BENCH_ARGS = ["--num-keys", "16", "--data-size-kb", "1024", "--rounds", "2",
               "--warmup-rounds", "1", "--no-skip-verify"]
-
-
-@pytest.fixture(scope="module")
-def valkey():
-    with EmbeddedValkey() as s:
-        yield s
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -68,28 +60,12 @@ def _plugin_spec(url: str, prefix: str, **params) -> str:
     })
 
 
-def _sections(stdout: str) -> dict[str, dict[str, str]]:
-    """``lmcache bench l2``'s summary: {operation: {field: value}}."""
-    out: dict[str, dict[str, str]] = {}
-    current: dict[str, str] | None = None
-    for line in stdout.splitlines():
-        m = re.match(r"^([A-Za-z][^:]*):\s+(.*?)\s*$", line)
-        if not m:
-            continue
-        field, value = m.groups()
-        if field == "Operation":
-            current = out.setdefault(value, {})
-        elif current is not None:
-            current[field] = value
-    return out
-
-
 def _assert_bench_ok(proc: subprocess.CompletedProcess[str], keys_total: int) -> dict:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Adapter created successfully (ValkeyL2Adapter)" in proc.stdout
     assert re.search(r"\[Verify\] All \d+ keys data verified OK\.", proc.stdout), proc.stdout
     assert "MISMATCH" not in proc.stdout
-    sections = _sections(proc.stdout)
+    sections = bench_l2_summary(proc.stdout)
     for op in ("Store", "Load"):
         assert sections[op]["Total keys"] == str(keys_total)
         assert sections[op]["Total success"] == str(keys_total)
@@ -155,7 +131,7 @@ def test_bench_l2_ours_and_lmcache_peers(valkey, tmp_path):
             rows.append(f"{name:26} unavailable: {tail[:100]}")
             continue
         else:
-            sections = _sections(proc.stdout)
+            sections = bench_l2_summary(proc.stdout)
         verified = "verified" if "data verified OK" in proc.stdout else "NOT verified"
         rows.append(f"{name:26} store {sections['Store']['Throughput avg (MB/s)']:>9} MB/s  "
                     f"load {sections['Load']['Throughput avg (MB/s)']:>9} MB/s  "

@@ -14,6 +14,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -26,7 +27,7 @@ from lmcache.v1.distributed.l2_adapters import create_l2_adapter  # noqa: E402
 from lmcache.v1.distributed.l2_adapters.config import (  # noqa: E402
     parse_args_to_l2_adapters_config,
 )
-from lmcache_helpers import BIG_SHAPE, SHAPE, Runner, _bytes, _keys  # noqa: E402
+from lmcache_helpers import BIG_SHAPE, SHAPE, Runner, _bytes, _keys, store_new  # noqa: E402
 
 from lmcache_valkey.lmcache import ValkeyL2Adapter, ValkeyL2AdapterConfig, register  # noqa: E402
 from lmcache_valkey.lmcache.l2_adapter import encode_object_key  # noqa: E402
@@ -138,11 +139,15 @@ def test_encoding_is_a_fixed_function_of_the_key():
         assert encode_object_key(k) == _object_key_to_string(k).encode()
 
 
+def _stored(adapter, alloc, n, *shape):
+    """A Runner on `adapter` and `n` chunks stored through it: (run, keys, src)."""
+    run = Runner(adapter)
+    return (run, *store_new(run, alloc, n, *shape))
+
+
 def test_ttl_set_on_store_and_renewed_by_lookup(server, prefix, make_adapter, alloc, raw):
     adapter = make_adapter(server.url, key_prefix=prefix, ttl_s=300)
-    run = Runner(adapter)
-    keys = _keys(2)
-    assert run.store(keys, alloc(2)).is_successful()
+    run, keys, _ = _stored(adapter, alloc, 2)
     names = [prefix.encode() + encode_object_key(k) for k in keys]
     for name in names:
         assert 0 < raw.pttl(name) <= 300_000
@@ -165,9 +170,7 @@ def test_no_ttl_and_default_prefix(server, make_adapter, alloc, raw):
 
 def test_lookup_of_expired_key_is_a_miss(server, prefix, make_adapter, alloc, raw):
     adapter = make_adapter(server.url, key_prefix=prefix, ttl_s=300)
-    run = Runner(adapter)
-    keys = _keys(2)
-    assert run.store(keys, alloc(2)).is_successful()
+    run, keys, _ = _stored(adapter, alloc, 2)
     raw.delete(prefix.encode() + encode_object_key(keys[1]))  # as expiry/eviction would
     assert run.lookup(keys) == [True, False]
 
@@ -242,26 +245,26 @@ def test_two_controller_threads(adapter, alloc):
     new_src = alloc(8)
     dsts = alloc(8, fill="zero")
 
-    def store_controller() -> None:
-        try:
-            run = Runner(adapter)
-            for rnd in range(6):
-                assert run.store(_keys(8, model="new", start=8 * rnd), new_src).is_successful()
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
+    def controller(body: Callable[[Runner], None]) -> threading.Thread:
+        def target() -> None:
+            try:
+                body(Runner(adapter))
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
 
-    def prefetch_controller() -> None:
-        try:
-            run = Runner(adapter)
-            for _ in range(6):
-                assert run.lookup(hot) == [True] * 8
-                assert run.load(hot, dsts) == [True] * 8
-                assert [_bytes(d) for d in dsts] == [_bytes(s) for s in hot_src]
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
+        return threading.Thread(target=target)
 
-    threads = [threading.Thread(target=store_controller),
-               threading.Thread(target=prefetch_controller)]
+    def store_controller(run: Runner) -> None:
+        for rnd in range(6):
+            assert run.store(_keys(8, model="new", start=8 * rnd), new_src).is_successful()
+
+    def prefetch_controller(run: Runner) -> None:
+        for _ in range(6):
+            assert run.lookup(hot) == [True] * 8
+            assert run.load(hot, dsts) == [True] * 8
+            assert [_bytes(d) for d in dsts] == [_bytes(s) for s in hot_src]
+
+    threads = [controller(store_controller), controller(prefetch_controller)]
     for th in threads:
         th.start()
     for th in threads:
@@ -296,10 +299,7 @@ def test_bad_inputs_fail_the_task_without_raising(adapter, alloc):
 def test_server_killed_then_restarted(make_server, make_adapter, alloc, prefix, caplog):
     srv = make_server()
     adapter = make_adapter(srv.url, key_prefix=prefix, op_timeout_s=2.0, connect_timeout_s=1.0)
-    run = Runner(adapter)
-    keys = _keys(4)
-    src = alloc(4, BIG_SHAPE)
-    assert run.store(keys, src).is_successful()
+    run, keys, src = _stored(adapter, alloc, 4, BIG_SHAPE)
 
     srv.kill()
     caplog.set_level(logging.WARNING, logger="lmcache_valkey.lmcache.l2_adapter")
@@ -330,11 +330,7 @@ def _own_server_with_8_chunks(make_server, make_adapter, alloc, prefix, **params
     """A server of the test's own, an adapter on it, and 8 chunks stored."""
     srv = make_server()
     adapter = make_adapter(srv.url, key_prefix=prefix, **params)
-    run = Runner(adapter)
-    keys = _keys(8)
-    src = alloc(8, BIG_SHAPE)
-    assert run.store(keys, src).is_successful()
-    return srv, adapter, run, keys, src
+    return (srv, adapter, *_stored(adapter, alloc, 8, BIG_SHAPE))
 
 
 def test_server_killed_with_tasks_in_flight(make_server, make_adapter, alloc, prefix):

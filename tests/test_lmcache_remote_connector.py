@@ -111,9 +111,7 @@ def test_unix_socket_url(server, prefix, make_lm, raw):
     lm.put({0: lm.chunk(0)})
     assert raw.get(prefix + key(0).to_string()) == payload(0)
     assert raw.pttl(prefix + key(0).to_string()) == -1  # no ttl_s: no expiry
-    got = lm.remote.get_blocking(key(0))
-    assert content(got) == payload(0)
-    got.ref_count_down()
+    lm.assert_loads(0)
 
 
 def test_batched_variants_mixed_hits(lm: Lm):
@@ -153,9 +151,7 @@ def test_wrong_length_values_are_misses(lm: Lm, raw, prefix: str):
     assert len(lm.taken) == 4 and lm.released()
     # The connection is still usable afterwards.
     lm.put({5: lm.chunk(5)})
-    got = lm.remote.get_blocking(key(5))
-    assert content(got) == payload(5)
-    got.ref_count_down()
+    lm.assert_loads(5)
 
 
 def test_unfull_last_chunk(server, prefix, make_lm):
@@ -218,9 +214,7 @@ def test_server_down_then_back(make_server, prefix, make_lm):
         time.sleep(0.1)
     assert lm.remote.get_blocking(key(0)) is None  # the data went with the old server
     lm.put({0: lm.chunk(0)})
-    got = lm.remote.get_blocking(key(0))
-    assert content(got) == payload(0)
-    got.ref_count_down()
+    lm.assert_loads(0)
 
 
 def test_cancelled_load_keeps_its_buffer_until_the_transfer_ends(make_server, prefix,

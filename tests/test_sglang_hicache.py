@@ -20,6 +20,7 @@ import signal
 import time
 
 import pytest
+from closing import closing_factory
 from sglang_harness import (
     LAYOUTS,
     PAGE,
@@ -41,16 +42,7 @@ N_PAGES = 6
 
 @pytest.fixture
 def controllers():
-    made = []
-
-    def make(*args, **kwargs):
-        cc = controller(*args, **kwargs)
-        made.append(cc)
-        return cc
-
-    yield make
-    for cc in made:
-        cc.detach_storage_backend()
+    yield from closing_factory(controller, release=lambda cc: cc.detach_storage_backend())
 
 
 @pytest.mark.parametrize("kind", ["mha", "mla"])
@@ -116,7 +108,15 @@ def test_an_unknown_option_fails_the_attach_with_its_name(server, controllers) -
     assert isinstance(e.value.__cause__, ConfigError)
 
 
-@pytest.mark.parametrize("fault", ["killed", "stalled"])
+#: How each server fault begins and ends.
+FAULTS = {
+    "killed": (lambda srv: srv.kill(), lambda srv: srv.restart()),
+    "stalled": (lambda srv: os.kill(srv.pid, signal.SIGSTOP),
+                lambda srv: os.kill(srv.pid, signal.SIGCONT)),
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
 def test_server_faults_fail_soft_and_the_backend_recovers(make_server, controllers,
                                                           fault) -> None:
     srv = make_server()
@@ -127,18 +127,13 @@ def test_server_faults_fail_soft_and_the_backend_recovers(make_server, controlle
     stored_at = fill_pages(a, 2 * N_PAGES, seed=10)
     assert write(a, stored_at[:N_PAGES * PAGE], toks) == N_PAGES * PAGE
 
-    if fault == "killed":
-        srv.kill()
-    else:
-        os.kill(srv.pid, signal.SIGSTOP)
+    begin_fault, end_fault = FAULTS[fault]
+    begin_fault(srv)
     try:
         assert write(a, stored_at[N_PAGES * PAGE:], later) == 0      # nothing raised
         assert prefetch(a, toks, rid="during")[:2] == (0, 0)
     finally:
-        if fault == "killed":
-            srv.restart()
-        else:
-            os.kill(srv.pid, signal.SIGCONT)
+        end_fault(srv)
 
     deadline = time.monotonic() + 10
     while write(a, stored_at[N_PAGES * PAGE:], later) == 0:

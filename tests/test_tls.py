@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from checks import assert_refused_without_secrets, raises_within
 from tls_fixtures import Certs, StallingTlsServer, TlsRedisServer
 
 from lmcache_valkey import (
@@ -182,12 +183,8 @@ def test_wrong_credentials_over_tls_are_one_clear_error_without_secrets(
     c = make_client(acl_server.url, username=user, password=password, tls_ca_file=tls_certs.ca)
     with pytest.raises(AuthenticationError) as info:
         c.batch_exists(["k"])
-    text = str(info.value) + repr(info.value) + repr(c) + repr(c.config) + caplog.text
-    assert f"127.0.0.1:{acl_server.tls_port}" in str(info.value)
-    assert "authentication refused" in str(info.value)
-    assert password not in text
-    if user:
-        assert user not in text
+    assert_refused_without_secrets(info, c, caplog.text, f"127.0.0.1:{acl_server.tls_port}",
+                                   user, password)
 
 
 # -- timeouts and aborts -------------------------------------------------------
@@ -205,10 +202,9 @@ def test_stalled_tls_server_times_out_within_op_timeout(stalling, tls_certs, mak
     # A fake: a TLS listener that answers the connect probe and then is silent.
     c = make_client(f"valkeys://127.0.0.1:{stalling.port}", tls_ca_file=tls_certs.ca,
                     op_timeout_s=0.5, connect_timeout_s=5)
-    t0 = time.monotonic()
-    with pytest.raises(ValkeyTimeoutError, match=f"127.0.0.1:{stalling.port}.*op_timeout_s"):
+    with raises_within(0.5 + 1.5, ValkeyTimeoutError,
+                       match=f"127.0.0.1:{stalling.port}.*op_timeout_s"):
         c.batch_get_into(["k"], [bytearray(10)])
-    assert time.monotonic() - t0 < 0.5 + 1.5
 
 
 @pytest.mark.timeout(30)
@@ -218,10 +214,8 @@ def test_tls_handshake_or_probe_that_hangs_fails_within_connect_timeout(tls_cert
     try:
         c = make_client(f"valkeys://127.0.0.1:{s.port}", tls_ca_file=tls_certs.ca,
                         connect_timeout_s=0.5, op_timeout_s=60)
-        t0 = time.monotonic()
-        with pytest.raises(ValkeyConnectionError, match=f"127.0.0.1:{s.port}"):
+        with raises_within(3, ValkeyConnectionError, match=f"127.0.0.1:{s.port}"):
             c.batch_exists(["k"])
-        assert time.monotonic() - t0 < 3
     finally:
         s.close()
 

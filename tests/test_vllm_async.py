@@ -88,6 +88,15 @@ def computed(eng: Engine, req) -> int:
     return eng.first_scheduled(req).scheduled_new_reqs[0].num_computed_tokens
 
 
+def _run_on_two_fresh_ranks(vc, toks: list[int], seed: int):
+    """`toks` run to the end by a new engine with two new ranks (workers
+    seeded `seed`, `seed + 1`), as after a restart: (engine, request)."""
+    eng = Engine(vc, [Worker(vc, seed=seed + i, rank=(i, 0)) for i in range(2)])
+    req = eng.add(request(toks, max_tokens=1))
+    eng.run_until(lambda: req.is_finished())
+    return eng, req
+
+
 def test_abort_during_a_load_keeps_its_blocks_until_the_load_ends(model_dir, server, proxy,
                                                                   extra):
     vc = vllm_config(model_dir, extra)
@@ -247,16 +256,12 @@ def test_every_ranks_ttl_is_renewed_by_the_schedulers_lookup(model_dir, raw, ext
              for h in req.block_hashes[:6]]
     for k in rank1:
         raw.pexpire(k, 2000)                         # rank 1's keys about to expire
-    eng2 = Engine(vc, [Worker(vc, seed=5 + i, rank=(i, 0)) for i in range(2)])
-    again = eng2.add(request(toks, max_tokens=1))
-    eng2.run_until(lambda: again.is_finished())
+    eng2, again = _run_on_two_fresh_ranks(vc, toks, seed=5)
     assert computed(eng2, again) == 6 * BLOCK
     assert all(raw.pttl(k) > 3_500_000 for k in rank1)   # renewed with rank 0's
     # A block missing on one rank only is a miss for all: never a partial load.
     raw.delete(rank1[2])
-    eng3 = Engine(vc, [Worker(vc, seed=7 + i, rank=(i, 0)) for i in range(2)])
-    third = eng3.add(request(toks, max_tokens=1))
-    eng3.run_until(lambda: third.is_finished())
+    eng3, third = _run_on_two_fresh_ranks(vc, toks, seed=7)
     assert computed(eng3, third) == 2 * BLOCK
 
 
@@ -289,9 +294,7 @@ def test_a_non_writer_rank_saves_nothing_and_loads_the_shared_value(model_dir, r
     eng.settle()
     assert writer.connector._worker.blocks_saved == 6
     assert reader.connector._worker.blocks_saved == 0
-    eng2 = Engine(vc, [Worker(vc, seed=3 + i, rank=(i, 0)) for i in range(2)])
-    again = eng2.add(request(toks, max_tokens=1))
-    eng2.run_until(lambda: again.is_finished())
+    eng2, again = _run_on_two_fresh_ranks(vc, toks, seed=3)
     assert computed(eng2, again) == 6 * BLOCK
     assert [w.connector._worker.blocks_loaded for w in eng2.workers] == [6, 6]
 

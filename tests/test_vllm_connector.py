@@ -19,6 +19,7 @@ from vllm_harness import (  # noqa: E402
     Engine,
     Worker,
     computed_before_step,
+    prefill_on_new_worker,
     request,
     run_prefill,
     tokens,
@@ -49,11 +50,7 @@ def test_cold_run_saves_every_full_prompt_block_with_ttl_and_prefix(model_dir, r
 def test_restart_loads_the_stored_prefix_bytes_exactly(model_dir, extra):
     vc = vllm_config(model_dir, extra)
     toks = tokens(200, seed=2)
-    first = Worker(vc, seed=10)
-    _, _, out1, _ = run_prefill(vc, first, toks)
-    [save1] = out1.kv_connector_metadata.saves
-    stored = {h: first.block_bytes(b)
-              for h, b in zip(save1.hashes, save1.block_ids, strict=True)}
+    _, _, stored = prefill_on_new_worker(vc, toks, seed=10)
     # "After a restart": new scheduler, new worker whose KV memory holds other bytes.
     second = Worker(vc, seed=20)
     sched, req, out2, errors = run_prefill(vc, second, toks)
@@ -69,11 +66,18 @@ def test_restart_loads_the_stored_prefix_bytes_exactly(model_dir, extra):
     assert second.connector._worker.blocks_loaded == 6
 
 
+def _stored_then_prefilled(vc, stored: list[int], toks: list[int], **kw):
+    """One worker prefills (and saves) `stored`; then a second, new one
+    prefills `toks`: (its request, run_prefill's step output)."""
+    run_prefill(vc, Worker(vc, seed=1), stored)
+    _, req, out, _ = run_prefill(vc, Worker(vc, seed=2), toks, **kw)
+    return req, out
+
+
 def test_last_prompt_token_is_always_computed(model_dir, extra):
     vc = vllm_config(model_dir, extra)
     toks = tokens(4 * BLOCK, seed=3)                    # a whole number of blocks
-    run_prefill(vc, Worker(vc, seed=1), toks)
-    sched, req, out, _ = run_prefill(vc, Worker(vc, seed=2), toks)
+    req, out = _stored_then_prefilled(vc, toks, toks)
     assert computed_before_step(out) == 3 * BLOCK
     assert out.num_scheduled_tokens[req.request_id] == BLOCK
 
@@ -81,9 +85,8 @@ def test_last_prompt_token_is_always_computed(model_dir, extra):
 def test_shared_prefix_loads_only_the_common_blocks(model_dir, extra):
     vc = vllm_config(model_dir, extra)
     base = tokens(200, seed=4)
-    run_prefill(vc, Worker(vc, seed=1), base)
     other = base[:2 * BLOCK + 5] + tokens(150, seed=5)
-    _, req, out, _ = run_prefill(vc, Worker(vc, seed=2), other)
+    req, out = _stored_then_prefilled(vc, base, other)
     assert computed_before_step(out) == 2 * BLOCK
     [load] = out.kv_connector_metadata.loads
     assert len(load.block_ids) == 2
@@ -94,9 +97,8 @@ def test_shared_prefix_loads_only_the_common_blocks(model_dir, extra):
 def test_cache_salt_and_namespace_keep_deployments_apart(model_dir, extra):
     vc = vllm_config(model_dir, extra)
     toks = tokens(200, seed=6)
-    run_prefill(vc, Worker(vc, seed=1), toks)
     # Same tokens under another cache salt: vLLM's hashes differ, so a miss.
-    _, req, out, _ = run_prefill(vc, Worker(vc, seed=2), toks, cache_salt="tenant-b")
+    req, out = _stored_then_prefilled(vc, toks, toks, cache_salt="tenant-b")
     assert computed_before_step(out) == 0 and out.kv_connector_metadata.loads == []
     # Another KV dtype: another namespace, so a miss even for identical hashes.
     vc_fp32 = vllm_config(model_dir, extra, dtype="float32")

@@ -71,12 +71,6 @@ def assert_same_answer(out, ref, name: str) -> None:
     assert out[1] == pytest.approx(ref[1], abs=1e-5), name
 
 
-@pytest.fixture(scope="module")
-def valkey():
-    with EmbeddedValkey() as s:
-        yield s
-
-
 def test_restart_loads_kv_from_valkey_with_identical_outputs(model_dir, logs, reference, valkey):
     kv = connector(valkey.url, "e2e-restart:")
     with VllmServer(model_dir, logs / "warmup.log", kv_transfer=kv) as srv:

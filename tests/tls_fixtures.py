@@ -19,12 +19,12 @@ import socket
 import ssl
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from checks import wait_until_answering
 
 from lmcache_valkey.server.embedded import free_port
 
@@ -76,13 +76,19 @@ def _make_certs(out: Path) -> Certs:
         path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return str(path)
 
-    def make_ca(cn: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(name(cn))
+    def builder(cn: str, issuer: x509.Name, key: ec.EllipticCurvePrivateKey, days: int,
+                ca: bool) -> x509.CertificateBuilder:
+        """`cn`'s certificate for `key` from `issuer`, valid from five minutes
+        ago for `days`: a CA's or not."""
+        return (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(issuer)
                 .public_key(key.public_key()).serial_number(x509.random_serial_number())
                 .not_valid_before(now - datetime.timedelta(minutes=5))
-                .not_valid_after(now + datetime.timedelta(days=2))
-                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                .not_valid_after(now + datetime.timedelta(days=days))
+                .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+
+    def make_ca(cn: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (builder(cn, name(cn), key, days=2, ca=True)
                 .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True,
                                              crl_sign=True, content_commitment=False,
                                              key_encipherment=False, data_encipherment=False,
@@ -97,11 +103,7 @@ def _make_certs(out: Path) -> Certs:
                   san: list[x509.GeneralName] | None, usage: x509.ObjectIdentifier
                   ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         key = ec.generate_private_key(ec.SECP256R1())
-        b = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(ca.subject)
-             .public_key(key.public_key()).serial_number(x509.random_serial_number())
-             .not_valid_before(now - datetime.timedelta(minutes=5))
-             .not_valid_after(now + datetime.timedelta(days=1))
-             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        b = (builder(cn, ca.subject, key, days=1, ca=False)
              .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
              .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
                  ca_key.public_key()), critical=False))
@@ -163,15 +165,12 @@ class TlsRedisServer:
         return f"valkeys://{self.host}:{self.tls_port}"
 
     def _wait_ready(self, timeout_s: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"redis-server exited: {self.log_tail()}")
-            try:
-                with socket.create_connection((self.host, self.tls_port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
+        def probe() -> None:
+            socket.create_connection((self.host, self.tls_port), timeout=0.5).close()
+
+        if wait_until_answering(self._process, probe, timeout_s, 0.05, "redis-server",
+                                self.log_tail):
+            return
         self.close()
         raise RuntimeError(f"redis-server TLS port did not open: {self.log_tail()}")
 

@@ -287,3 +287,17 @@ def run_prefill(vc, worker: Worker, toks: list[int], **kw):
     worker.settle()
     errors = set().union(*(o.invalid_block_ids for o in eng.outputs))
     return eng.sched, req, out, errors
+
+
+def stored_blocks(w: Worker, out) -> dict[str, bytes]:
+    """hash -> block bytes of what this step saved."""
+    [save] = out.kv_connector_metadata.saves
+    return {h: w.block_bytes(b) for h, b in zip(save.hashes, save.block_ids, strict=True)}
+
+
+def prefill_on_new_worker(vc, toks: list[int], seed: int):
+    """A new worker (seeded `seed`) prefills `toks` and saves its blocks:
+    (the worker, run_prefill's step output, stored_blocks of it)."""
+    w = Worker(vc, seed=seed)
+    _, _, out, _ = run_prefill(vc, w, toks)
+    return w, out, stored_blocks(w, out)

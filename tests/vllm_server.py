@@ -12,7 +12,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +19,11 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from checks import wait_until_answering
+
+from lmcache_valkey.server.embedded import free_port
+from lmcache_valkey.testkit.vllm_http import post_completions
 
 START_TIMEOUT_S = 240
 # vLLM's counter of prompt tokens loaded through the KV connector.
@@ -30,12 +34,6 @@ def random_prompt(seed: int, n: int) -> list[int]:
     """`n` token ids, the same for the same seed (no BOS, no special ids)."""
     rng = random.Random(seed)
     return [rng.randrange(10, 2000) for _ in range(n)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class VllmServer:
@@ -66,15 +64,11 @@ class VllmServer:
         self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
                                      env=self.env, start_new_session=True,
                                      cwd=self.log_path.parent)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"vLLM exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2)
-                return self
-            except OSError:
-                time.sleep(1)
+        if wait_until_answering(
+                self.proc,
+                lambda: urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2),
+                START_TIMEOUT_S, 1, "vLLM", self.log_tail):
+            return self
         self.__exit__()
         raise RuntimeError(f"vLLM not up after {START_TIMEOUT_S} s:\n{self.log_tail()}")
 
@@ -98,10 +92,7 @@ class VllmServer:
         """Greedy completion of token ids: (tokens, their logprobs)."""
         body = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens,
                 "temperature": 0, "logprobs": 1}
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/v1/completions",
-                                     data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=120) as r:
+        with post_completions(self.port, body, timeout=120) as r:
             lp = json.load(r)["choices"][0]["logprobs"]
         return lp["tokens"], lp["token_logprobs"]
 
@@ -113,10 +104,7 @@ class VllmServer:
         """
         body = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens,
                 "temperature": 0, "stream": True, "ignore_eos": True}
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/v1/completions",
-                                     data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with post_completions(self.port, body, timeout) as r:
             for raw in r:
                 line = raw.strip()
                 if not line.startswith(b"data:") or line[5:].strip() == b"[DONE]":

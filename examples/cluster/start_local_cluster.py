@@ -10,10 +10,9 @@ Runs until Ctrl-C, then stops every node. Measure it with:
 from __future__ import annotations
 
 import argparse
-import contextlib
-import signal
 
 from lmcache_valkey.testkit.local_cluster import start_local_cluster
+from lmcache_valkey.tools.cli import wait_for_stop
 
 
 def main() -> int:
@@ -27,9 +26,7 @@ def main() -> int:
             print(f"  primary {s.host}:{s.port}", flush=True)
         for s in cluster.replicas:
             print(f"  replica {s.host}:{s.port}", flush=True)
-        print("Ctrl-C to stop.", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        wait_for_stop()
     return 0
 
 

@@ -13,7 +13,6 @@ Needs ``pip install 'lmcache_valkey[integrity,bench]'``.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
@@ -22,7 +21,7 @@ import numpy as np
 from lmcache_valkey import ValkeyClient
 from lmcache_valkey.client.integrity import Checksum
 from lmcache_valkey.server.embedded import url_or_embedded
-from lmcache_valkey.tools.bench import parse_size
+from lmcache_valkey.tools.bench import example_parser, values_and_dests
 
 SETTINGS = ("none", "xxh3", "crc32c")
 
@@ -49,17 +48,10 @@ def digest_speed(name: str, values: list[np.ndarray]) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--url", help="server URL (default: an embedded valkey-server)")
-    p.add_argument("--value-size", type=parse_size, default=parse_size("4MiB"))
-    p.add_argument("--keys", type=int, default=32)
-    p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--num-connections", type=int, default=2)
-    args = p.parse_args()
+    args = example_parser(__doc__, url=True, value_size="4MiB", keys=32, rounds=10,
+                          num_connections=2).parse_args()
 
-    rng = np.random.default_rng(0)
-    values = [rng.integers(0, 256, args.value_size, dtype=np.uint8) for _ in range(args.keys)]
-    dests = [np.ones(args.value_size, np.uint8) for _ in range(args.keys)]  # pre-faulted
+    values, dests = values_and_dests(args.keys, args.value_size)
     moved = args.keys * args.value_size
     with url_or_embedded(args.url) as url:
         clients = {name: ValkeyClient(url, key_prefix=f"bench-checksum:{name}:", checksum=name,

@@ -20,16 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
 
 from lmcache_valkey.server.embedded import EmbeddedValkey, server_binary
-
-LMCACHE_CLI = ("import sys; from lmcache.cli.main import main; sys.argv[0] = 'lmcache'; "
-               "sys.exit(main())")
+from lmcache_valkey.testkit.lmcache_bench import LMCACHE_CLI, bench_l2_summary
+from lmcache_valkey.tools.bench import example_parser
 
 
 def specs(host: str, port: int, num_workers: int) -> dict[str, str]:
@@ -46,17 +44,9 @@ def specs(host: str, port: int, num_workers: int) -> dict[str, str]:
 
 def throughput(stdout: str) -> dict[str, float]:
     """{"Store": MB/s, "Load": MB/s} from the bench's summary."""
-    out: dict[str, float] = {}
-    op = None
-    for line in stdout.splitlines():
-        m = re.match(r"^([A-Za-z][^:]*):\s+(.*?)\s*$", line)
-        if not m:
-            continue
-        if m.group(1) == "Operation":
-            op = m.group(2)
-        elif m.group(1) == "Throughput avg (MB/s)" and op in ("Store", "Load"):
-            out[op] = float(m.group(2))
-    return out
+    summary = bench_l2_summary(stdout)
+    return {op: float(summary[op]["Throughput avg (MB/s)"]) for op in ("Store", "Load")
+            if "Throughput avg (MB/s)" in summary.get(op, {})}
 
 
 def run_once(spec: str, args: argparse.Namespace, cwd: str) -> dict[str, float]:
@@ -72,7 +62,7 @@ def run_once(spec: str, args: argparse.Namespace, cwd: str) -> dict[str, float]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = example_parser(__doc__)
     ap.add_argument("--servers", default="valkey9,valkey8,redis7")
     ap.add_argument("--data-size-kb", type=int, default=4096)
     ap.add_argument("--num-keys", type=int, default=32)

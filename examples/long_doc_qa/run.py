@@ -46,7 +46,6 @@ import platform
 import re
 import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -71,6 +70,8 @@ try:
 except ImportError:  # pragma: no cover - optional
     Console = Table = None
 
+from lmcache_valkey.server.embedded import free_port
+from lmcache_valkey.testkit.vllm_http import post_completions
 from lmcache_valkey.vllm.hook_timing import (
     DEFAULT_DUMP_INTERVAL_S,
     FIELDS,
@@ -118,12 +119,6 @@ def _cleanup_children() -> None:
 
 def _on_signal(signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def redact(text: str) -> str:
@@ -305,13 +300,10 @@ def stream_completion(port: int, model: str, prompt: str, max_tokens: int, doc: 
     """
     body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
             "logprobs": 1, "stream": True, "ignore_eos": True}
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions",
-                                 data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
     t0 = time.perf_counter()
     ttft: float | None = None
     res = into if into is not None else Result(doc=doc, ttft=0.0, latency=0.0)
-    with urllib.request.urlopen(req, timeout=timeout) as r:
+    with post_completions(port, body, timeout) as r:
         for raw in r:
             line = raw.strip()
             if not line.startswith(b"data:"):
@@ -557,13 +549,9 @@ def markdown_rows(header: list[str], rows: list[list[str]]) -> str:
 
 def plot_ttft(configs: list[dict[str, Any]], title: str, path: Path) -> None:
     """Each request's TTFT, warm-up round beside query round(s), one panel per configuration."""
-    try:
-        import matplotlib
+    from lmcache_valkey.tools.bench import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise RuntimeError("--plot needs matplotlib: pip install matplotlib") from None
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(configs), figsize=(4.5 * len(configs), 4), sharey=True,
                              squeeze=False)
     for ax, cfg in zip(axes[0], configs, strict=True):

@@ -13,7 +13,6 @@ difference, and, for scale, ``record_batch`` alone on such results.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import statistics
 import time
@@ -25,7 +24,7 @@ from lmcache_valkey import ValkeyClient
 from lmcache_valkey.observability.stats import ClientStats
 from lmcache_valkey.operations import EXISTS, GET, SET, Operation
 from lmcache_valkey.server.embedded import url_or_embedded
-from lmcache_valkey.tools.bench import parse_size
+from lmcache_valkey.tools.bench import example_parser
 
 
 @contextlib.contextmanager
@@ -59,14 +58,10 @@ def _record_alone(result: list, sizes: list[int] | None, op: Operation) -> float
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--url", help="server URL (default: an embedded valkey-server)")
+    p = example_parser(__doc__, url=True, value_size="1MiB", keys=32, rounds=6)
     p.add_argument("--exists-keys", type=int, default=1000)
     p.add_argument("--exists-batches", type=int, default=200)
-    p.add_argument("--keys", type=int, default=32)
-    p.add_argument("--value-size", type=parse_size, default=parse_size("1MiB"))
     p.add_argument("--get-batches", type=int, default=20)
-    p.add_argument("--rounds", type=int, default=6)
     args = p.parse_args()
 
     values = [np.full(args.value_size, i, np.uint8) for i in range(args.keys)]

@@ -13,23 +13,18 @@ client, op) and the io-threads N / io-threads 1 ratio.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
 
 from lmcache_valkey.server.embedded import EmbeddedValkey, server_binary
-from lmcache_valkey.tools.bench import _measure_size, parse_size
+from lmcache_valkey.tools.bench import _measure_size, example_parser
 from lmcache_valkey.tools.bench_peers import LMCacheResp, Ours
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = example_parser(__doc__, value_size="4MiB", keys=32, rounds=7, num_connections=2)
     ap.add_argument("--servers", default="valkey8,valkey9")
     ap.add_argument("--io-threads", default="1,2")
-    ap.add_argument("--value-size", type=parse_size, default=parse_size("4MiB"))
-    ap.add_argument("--keys", type=int, default=32)
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--num-connections", type=int, default=2)
     args = ap.parse_args()
     threads = [int(t) for t in args.io_threads.split(",")]
     with contextlib.ExitStack() as stack:

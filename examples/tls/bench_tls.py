@@ -15,7 +15,6 @@ valkey-py receive bytes objects and pay a copy into the destination.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import shutil
 import socket
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from lmcache_valkey import ValkeyClient
+from lmcache_valkey.tools.bench import example_parser, values_and_dests
 
 
 def _free_port() -> int:
@@ -116,14 +116,14 @@ def _redis_py(module: str, url: str, ca: str | None) -> tuple[Callable[..., Any]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tls-url")
-    ap.add_argument("--plain-url")
+    ap = example_parser(__doc__, value_size="4MiB", keys=32, rounds=7)
+    ap.add_argument("--tls-url", help="valkeys:// URL of the server's TLS port (default: a "
+                                      "redis-server of its own, with a throwaway CA)")
+    ap.add_argument("--plain-url", help="valkey:// URL of the same server's plain port "
+                                        "(with --tls-url; measured too when given)")
     ap.add_argument("--ca", help="CA file for the TLS URL (or ?tls_ca_file= in it)")
-    ap.add_argument("--keys", type=int, default=32)
-    ap.add_argument("--value-size", type=int, default=4 << 20)
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--clients", default="ours,redis-py,valkey-py")
+    ap.add_argument("--clients", default="ours,redis-py,valkey-py",
+                    help="comma-separated clients to measure")
     args = ap.parse_args()
 
     with contextlib.ExitStack() as stack:
@@ -131,9 +131,7 @@ def main() -> None:
             tls_url, plain_url, ca = args.tls_url, args.plain_url, args.ca
         else:
             tls_url, plain_url, ca = stack.enter_context(_local_server())
-        rng = np.random.default_rng(0)
-        values = [rng.integers(0, 256, args.value_size, dtype=np.uint8) for _ in range(args.keys)]
-        dests = [np.ones(args.value_size, np.uint8) for _ in range(args.keys)]  # pre-faulted
+        values, dests = values_and_dests(args.keys, args.value_size)
         total = args.keys * args.value_size
         routes = [("tls", tls_url)] + ([("plain", plain_url)] if plain_url else [])
         wanted = args.clients.split(",")

@@ -98,15 +98,13 @@ class Checksum:
     __slots__ = ("name", "tag", "_digest")
 
     def __init__(self, name: str) -> None:
-        tag, module, factory = _ALGORITHMS[name]
+        self.name = name
+        self.tag, module, factory = _ALGORITHMS[name]
         try:
-            digest = factory()
+            self._digest = factory()
         except ImportError:
             raise ConfigError(f"checksum={name!r} needs the {module!r} package: "
                               f"{_INSTALL}") from None
-        self.name = name
-        self.tag = tag
-        self._digest = digest
 
     def __repr__(self) -> str:
         return f"Checksum({self.name!r})"

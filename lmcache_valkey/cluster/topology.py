@@ -133,11 +133,7 @@ def fetch_slot_map(config: ClientConfig, candidates: Iterable[Addr]) -> SlotMap:
     """The slot map from the first candidate that answers with a non-empty
     one; ValkeyConnectionError naming every node tried when none does."""
     errors: list[str] = []
-    seen: set[Addr] = set()
-    for addr in candidates:
-        if addr in seen:
-            continue
-        seen.add(addr)
+    for addr in dict.fromkeys(candidates):  # each node once, in order
         try:
             smap = read_slot_map(config, addr)
         except ServerReplyError as e:

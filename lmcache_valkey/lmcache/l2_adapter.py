@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
@@ -244,22 +245,19 @@ class ValkeyL2AdapterConfig(L2AdapterConfigBase):
 _STORE, _LOOKUP, _LOAD = "store", "lookup", "load"
 
 
+@dataclasses.dataclass(slots=True, eq=False)
 class _Task:
     """One submitted task. Holds the MemoryObjs and their byte views until the
     client's future is done, so no buffer is released while a worker may
     still write into it, even if LMCache never asks for the result."""
 
-    __slots__ = ("kind", "task_id", "keys", "objects", "views", "sizes", "future")
-
-    def __init__(self, kind: str, task_id: int, keys: list[ObjectKey],
-                 objects: list[MemoryObj] | None) -> None:
-        self.kind = kind
-        self.task_id = task_id
-        self.keys = keys
-        self.objects = objects
-        self.views: list[Any] | None = None
-        self.sizes: list[int] | None = None
-        self.future: Future[Any] | None = None
+    kind: str
+    task_id: int
+    keys: list[ObjectKey]
+    objects: list[MemoryObj] | None
+    views: list[Any] | None = None
+    sizes: list[int] | None = None
+    future: Future[Any] | None = None
 
 
 class ValkeyL2Adapter(L2AdapterInterface):

@@ -338,20 +338,10 @@ class ValkeyRemoteConnector(RemoteConnector):
     # -- lookups -----------------------------------------------------------
 
     async def exists(self, key: CacheEngineKey) -> bool:
-        try:
-            res = await self._client.abatch_exists(self._keys([key]), refresh_ttl=self._ttl_set)
-        except Exception as e:
-            self._log.warning("exists", "lmcache_valkey: lookup failed: %s", e)
-            return False
-        return bool(res[0])
+        return await self.batched_async_contains("", [key]) == 1
 
     def exists_sync(self, key: CacheEngineKey) -> bool:
-        try:
-            res = self._client.batch_exists(self._keys([key]), refresh_ttl=self._ttl_set)
-        except Exception as e:
-            self._log.warning("exists", "lmcache_valkey: lookup failed: %s", e)
-            return False
-        return bool(res[0])
+        return self.batched_contains([key]) == 1
 
     def support_batched_contains(self) -> bool:
         return True
@@ -361,12 +351,10 @@ class ValkeyRemoteConnector(RemoteConnector):
         if not keys:
             return 0
         try:
-            res = self._client.batch_exists(self._keys(keys), refresh_ttl=self._ttl_set)
+            return _prefix_hits(self._client.batch_exists(self._keys(keys),
+                                                          refresh_ttl=self._ttl_set))
         except Exception as e:
-            self._log.warning("exists", "lmcache_valkey: lookup failed: %s", e)
-            # A cluster node down: the keys before its first one still count.
-            return _prefix_hits(partial_results(e, len(keys)))
-        return _prefix_hits(res)
+            return self._lookup_failed(e, len(keys))
 
     def support_batched_async_contains(self) -> bool:
         return True
@@ -378,12 +366,15 @@ class ValkeyRemoteConnector(RemoteConnector):
         if not keys:
             return 0
         try:
-            res = await self._client.abatch_exists(self._keys(keys), refresh_ttl=self._ttl_set)
+            return _prefix_hits(await self._client.abatch_exists(self._keys(keys),
+                                                                 refresh_ttl=self._ttl_set))
         except Exception as e:
-            self._log.warning("exists", "lmcache_valkey: lookup failed: %s", e)
-            # A cluster node down: the keys before its first one still count.
-            return _prefix_hits(partial_results(e, len(keys)))
-        return _prefix_hits(res)
+            return self._lookup_failed(e, len(keys))
+
+    def _lookup_failed(self, e: Exception, n: int) -> int:
+        self._log.warning("exists", "lmcache_valkey: lookup failed: %s", e)
+        # A cluster node down: the keys before its first one still count.
+        return _prefix_hits(partial_results(e, n))
 
     # -- loads -------------------------------------------------------------
 

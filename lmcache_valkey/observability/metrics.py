@@ -187,12 +187,10 @@ def server_families(facts: list[tuple[str, ServerFacts | None]]) -> Iterator[Any
         ("used_memory", "server_used_memory_bytes", "INFO used_memory."),
         ("maxmemory", "server_maxmemory_bytes", "INFO maxmemory (0: no limit)."),
         ("connected_clients", "server_connected_clients", "INFO connected_clients."))}
-    counters = {f: core.CounterMetricFamily(_NS + name, doc, labels=node_labels)
-                for f, name, doc in (
-        ("evicted_keys", "server_evicted_keys_total", "INFO evicted_keys."),
-        ("expired_keys", "server_expired_keys_total", "INFO expired_keys."),
-        ("keyspace_hits", "server_keyspace_hits_total", "INFO keyspace_hits."),
-        ("keyspace_misses", "server_keyspace_misses_total", "INFO keyspace_misses."))}
+    # INFO's counters keep their INFO names: server_<field>_total.
+    counters = {f: core.CounterMetricFamily(f"{_NS}server_{f}_total", f"INFO {f}.",
+                                            labels=node_labels)
+                for f in ("evicted_keys", "expired_keys", "keyspace_hits", "keyspace_misses")}
     info = core.GaugeMetricFamily(_NS + "server_info", "Server version, role and eviction "
                                   "policy (value 1).",
                                   labels=["endpoint", "version", "role", "maxmemory_policy"])
@@ -224,14 +222,20 @@ def server_families(facts: list[tuple[str, ServerFacts | None]]) -> Iterator[Any
                 *counters.values(), info)
 
 
+def _registry(clients: tuple[Any, ...], **options: Any) -> tuple[Any, Any]:
+    """prometheus_client and a registry of its own holding a ValkeyCollector."""
+    prom = _prometheus()
+    registry = prom.CollectorRegistry()
+    registry.register(ValkeyCollector(*clients, **options))
+    return prom, registry
+
+
 def render(*clients: Any, client_stats: bool = True, server: bool = True,
            scan_limit: int = DEFAULT_SCAN_LIMIT, memory_samples: int = 0) -> str:
     """The Prometheus text exposition of `clients`' counters and their
     servers' facts (either can be left out)."""
-    prom = _prometheus()
-    registry = prom.CollectorRegistry()
-    registry.register(ValkeyCollector(*clients, client_stats=client_stats, server=server,
-                                      scan_limit=scan_limit, memory_samples=memory_samples))
+    prom, registry = _registry(clients, client_stats=client_stats, server=server,
+                               scan_limit=scan_limit, memory_samples=memory_samples)
     return prom.generate_latest(registry).decode()
 
 
@@ -242,9 +246,7 @@ def serve(port: int, *clients: Any, addr: str = "127.0.0.1", client_stats: bool 
     from a daemon thread, with a registry of their own. ``port=0`` picks a
     free port (``.server_port``); ``.shutdown()`` stops it. Listens on
     loopback unless `addr` says otherwise (``"0.0.0.0"``: every interface)."""
-    prom = _prometheus()
-    registry = prom.CollectorRegistry()
-    registry.register(ValkeyCollector(*clients, client_stats=client_stats, server=server,
-                                      scan_limit=scan_limit, memory_samples=memory_samples))
+    prom, registry = _registry(clients, client_stats=client_stats, server=server,
+                               scan_limit=scan_limit, memory_samples=memory_samples)
     httpd, _ = prom.start_http_server(port, addr=addr, registry=registry)
     return httpd

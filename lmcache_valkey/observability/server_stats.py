@@ -139,16 +139,22 @@ def _count_and_sample(client: Any, prefix: bytes, scan_limit: int,
     rng = random.Random(0)  # the same keyspace gives the same sample
     for names in scan:
         for name in names:
-            if name in seen:
-                continue
-            seen.add(name)
-            if len(sample) < samples:
-                sample.append(name)
-            elif samples:
-                j = rng.randrange(len(seen))
-                if j < samples:
-                    sample[j] = name
+            if name not in seen:
+                seen.add(name)
+                _reservoir_offer(sample, samples, name, len(seen), rng)
     return len(seen), scan.truncated, sample
+
+
+def _reservoir_offer(sample: list[bytes], size: int, name: bytes, offered: int,
+                     rng: random.Random) -> None:
+    """Algorithm R: keep `sample` a uniform sample of at most `size` of the
+    `offered` distinct names offered so far (`name` the last of them)."""
+    if len(sample) < size:
+        sample.append(name)
+    elif size:
+        j = rng.randrange(offered)
+        if j < size:
+            sample[j] = name
 
 
 def prefix_usage(client: Any, names: list[bytes], keys: int) -> PrefixUsage:

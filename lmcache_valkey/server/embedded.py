@@ -292,10 +292,7 @@ class EmbeddedValkey:
                 self._process.wait(self.shutdown_timeout_s if timeout_s is None else timeout_s)
             except subprocess.TimeoutExpired:
                 log.warning("valkey-server did not stop in time: killed (no final save)")
-                self._process.kill()
-                self._process.wait()
-        self._process = None
-        self._unlock_data_dir()
+        self.kill()  # reaps it, or ends it if SIGTERM did not
 
     def kill(self) -> None:
         """SIGKILL, as a crash would (for fault tests)."""

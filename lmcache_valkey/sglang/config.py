@@ -14,10 +14,9 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from ..client.factory import AnyClient, open_client
 from ..config import ClientConfig
 from ..errors import ConfigError
-from ..integration_options import IntegrationOptions
+from ..integration_options import IntegrationConfig, IntegrationOptions
 from ..observability.server_stats import DEFAULT_SCAN_LIMIT
 
 DEFAULT_KEY_PREFIX = "hicache:"
@@ -40,7 +39,7 @@ OPTIONS = IntegrationOptions(
 
 
 @dataclasses.dataclass(frozen=True)
-class HiCacheValkeyConfig:
+class HiCacheValkeyConfig(IntegrationConfig):
     """Validated options: a client config plus the backend's own."""
 
     client_config: ClientConfig
@@ -62,11 +61,5 @@ class HiCacheValkeyConfig:
         return cls(client_config=OPTIONS.client_config(url, options, env),
                    scan_limit=scan_limit)
 
-    def create_client(self) -> AnyClient:
-        """A ValkeyClient, or a cluster client for a cluster URL / cluster=true."""
-        return open_client(config=self.client_config)
-
     def __repr__(self) -> str:  # no secrets
-        c = self.client_config
-        return (f"HiCacheValkeyConfig({c.redacted_url()}, key_prefix={c.key_prefix!r}, "
-                f"ttl_s={c.ttl_s}, num_connections={c.num_connections})")
+        return f"HiCacheValkeyConfig({self._client_summary()})"

@@ -27,7 +27,7 @@ CLUSTER_CONFIG = {
 }
 
 
-class LocalCluster:
+class LocalCluster(contextlib.AbstractContextManager["LocalCluster"]):
     """The servers of a loopback cluster and a few admin helpers."""
 
     def __init__(self, masters: list[EmbeddedValkey], replicas: list[EmbeddedValkey]) -> None:
@@ -89,9 +89,6 @@ class LocalCluster:
         for s in self.servers:
             with contextlib.suppress(Exception):
                 s.close()
-
-    def __enter__(self) -> LocalCluster:
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()

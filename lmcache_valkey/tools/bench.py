@@ -14,6 +14,7 @@ seconds per GB moved (process CPU time, so all of a client's threads count).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -172,15 +173,24 @@ def _timed(samples: dict[tuple[str, str], Samples], client: str, op: str, fn: An
     return out
 
 
+def values_and_dests(keys: int, value_bytes: int, seed: int = 0) -> tuple[list[Any], list[Any]]:
+    """`keys` random uint8 arrays of `value_bytes` (from `seed`), and as many
+    destinations for reading them back into, pre-faulted."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    values = [rng.integers(0, 256, value_bytes, dtype=np.uint8) for _ in range(keys)]
+    dests = [np.ones(value_bytes, np.uint8) for _ in range(keys)]
+    return values, dests
+
+
 def _measure_size(clients: list[BenchClient], value_bytes: int, keys: int, exists_keys: int,
                   rounds: int, warmup: int, progress: Any) -> list[Figures]:
     import numpy as np
 
-    rng = np.random.default_rng(value_bytes)
     names = [f"lmcache-valkey-bench:{os.getpid()}:{i}".encode() for i in range(keys)]
     probe = [f"lmcache-valkey-bench:{os.getpid()}:{i}".encode() for i in range(exists_keys)]
-    sources = [rng.integers(0, 256, value_bytes, dtype=np.uint8) for _ in range(keys)]
-    dests = [np.ones(value_bytes, np.uint8) for _ in range(keys)]  # pre-faulted, shared
+    sources, dests = values_and_dests(keys, value_bytes, seed=value_bytes)  # dests shared
     samples: dict[tuple[str, str], Samples] = {}
     for r in range(warmup + rounds):
         record = samples if r >= warmup else {}
@@ -352,8 +362,8 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot(report: dict[str, Any], path: str) -> None:
-    """GB/s against value size, one line per client, one panel per op."""
+def pyplot() -> Any:
+    """matplotlib.pyplot drawing to files (Agg), for --plot."""
     try:
         import matplotlib
 
@@ -361,6 +371,12 @@ def plot(report: dict[str, Any], path: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise RuntimeError("--plot needs matplotlib: pip install matplotlib") from None
+    return plt
+
+
+def plot(report: dict[str, Any], path: str) -> None:
+    """GB/s against value size, one line per client, one panel per op."""
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, op in zip(axes, ("GET", "SET"), strict=True):
         rows = [r for r in report["results"] if r["op"] == op]
@@ -387,6 +403,24 @@ def _human(n: int) -> str:
         if n >= size:
             return f"{n / size:g} {unit}"
     return f"{n} B"
+
+
+def example_parser(doc: str, *, url: bool = False, value_size: str | None = None,
+                   keys: int | None = None, rounds: int | None = None,
+                   num_connections: int | None = None) -> argparse.ArgumentParser:
+    """The parser of an example benchmark: the first paragraph of its `doc`
+    as the description, and the options it shares with the others, each
+    with the default given here (None: not an option of this bench)."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    if url:
+        p.add_argument("--url", help="server URL (default: an embedded valkey-server)")
+    if value_size is not None:
+        p.add_argument("--value-size", type=parse_size, default=parse_size(value_size))
+    for flag, default in (("--keys", keys), ("--rounds", rounds),
+                          ("--num-connections", num_connections)):
+        if default is not None:
+            p.add_argument(flag, type=int, default=default)
+    return p
 
 
 def parse_size(text: str) -> int:

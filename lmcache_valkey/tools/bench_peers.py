@@ -13,10 +13,11 @@ which keys hit, not how many, so that is the workload to compare.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import select
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     import numpy as np
@@ -61,29 +62,34 @@ def _import_error(module: str, package: str) -> str | None:
     return None
 
 
+@dataclasses.dataclass(eq=False, repr=False)
 class BenchClient:
     """One client under test. TCP when `host` is given, else the unix socket."""
 
-    name: str = "?"
-    supports_unix: bool = True  # else __init__ raises RuntimeError for a unix socket
+    host: str | None
+    port: int | None
+    unix_path: str | None
+    num_connections: int
 
-    def __init__(self, host: str | None, port: int | None, unix_path: str | None,
-                 num_connections: int) -> None:
-        if host is None and unix_path is None:
+    name = "?"  # not a field: bench.py may rename an instance
+    supports_unix: ClassVar[bool] = True  # else __init__ raises RuntimeError for a unix socket
+
+    def __post_init__(self) -> None:
+        if self.host is None and self.unix_path is None:
             raise ValueError("need a host and port or a unix socket path")
-        if host is None and not self.supports_unix:
+        if self.host is None and not self.supports_unix:
             raise RuntimeError(f"{self.name} connects over TCP only, not to a unix socket")
-        self.host = host
-        self.port = port
-        self.unix_path = unix_path
-        self.num_connections = num_connections
+        self._connect()
+
+    def _connect(self) -> None:
+        """Open the peer's connections to self.host/port or self.unix_path."""
 
     @property
     def tcp(self) -> bool:
         return self.host is not None
 
     #: (module to import, pip package that provides it), for peers that need one
-    requires: tuple[str, str] | None = None
+    requires: ClassVar[tuple[str, str] | None] = None
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -148,9 +154,8 @@ class Ceiling(BenchClient):
     _IOV_MAX = 1024   # the kernel's limit on buffers per sendmsg
     _RECV = 65536     # reads of reply headers (and whatever follows them)
 
-    def __init__(self, host: str | None, port: int | None, unix_path: str | None,
-                 num_connections: int) -> None:
-        super().__init__(host, port, unix_path, num_connections)
+    def _connect(self) -> None:
+        host, port, unix_path = self.host, self.port, self.unix_path
         if self.tcp:
             assert port is not None
             self._sock = socket.create_connection((host, port), timeout=_TIMEOUT_S)
@@ -283,9 +288,8 @@ class _RedisPyLike(BenchClient):
                 reason = f"{package} not installed (the pure-Python parser is not the peer)"
         return reason
 
-    def __init__(self, host: str | None, port: int | None, unix_path: str | None,
-                 num_connections: int) -> None:
-        super().__init__(host, port, unix_path, num_connections)
+    def _connect(self) -> None:
+        host, port, unix_path = self.host, self.port, self.unix_path
         factory = getattr(importlib.import_module(self._module), self._client_class)
         where = {"host": host, "port": port} if self.tcp else {"unix_socket_path": unix_path}
         self._r = factory(socket_timeout=_TIMEOUT_S, **where)
@@ -362,9 +366,8 @@ class GlideSync(BenchClient):
     requires = ("glide_sync", "valkey-glide-sync")
     _PIECE_BYTES = 4 << 20
 
-    def __init__(self, host: str | None, port: int | None, unix_path: str | None,
-                 num_connections: int) -> None:
-        super().__init__(host, port, unix_path, num_connections)
+    def _connect(self) -> None:
+        host, port, unix_path = self.host, self.port, self.unix_path
         from glide_sync import GlideClient, GlideClientConfiguration, NodeAddress
 
         if self.tcp:
@@ -434,12 +437,10 @@ class LMCacheResp(BenchClient):
     supports_unix = False
     _POLL_MS = 1000
 
-    def __init__(self, host: str | None, port: int | None, unix_path: str | None,
-                 num_connections: int) -> None:
-        super().__init__(host, port, unix_path, num_connections)
+    def _connect(self) -> None:
         from lmcache.lmcache_redis import LMCacheRedisClient
 
-        self._native = LMCacheRedisClient(host, port, num_connections, "", "")
+        self._native = LMCacheRedisClient(self.host, self.port, self.num_connections, "", "")
         self._poll = select.poll()
         self._poll.register(self._native.event_fd(), select.POLLIN)
 

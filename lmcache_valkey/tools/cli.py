@@ -8,6 +8,7 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import ValkeyError
@@ -35,18 +36,20 @@ def _sizes(text: str) -> list[int]:
     return sizes
 
 
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be >= 0")
-    return value
+def _int_at_least(minimum: int, name: str) -> Callable[[str], int]:
+    """An argparse type: an int >= minimum (named for argparse's error messages)."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}")
+        return value
+
+    parse.__name__ = name
+    return parse
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be >= 1")
-    return value
+_non_negative = _int_at_least(0, "_non_negative")
+_positive = _int_at_least(1, "_positive")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,12 +196,17 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"and on {server.unix_url}", flush=True)
         if args.data_dir:
             print(f"data in {server.data_dir} ({config_summary(config)})", flush=True)
-        print("Ctrl-C to stop.", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        wait_for_stop()
     finally:
         server.close()
     return 0
+
+
+def wait_for_stop() -> None:
+    """Say how to stop, then block until Ctrl-C or SIGTERM."""
+    print("Ctrl-C to stop.", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
 
 
 def config_summary(config: dict[str, str]) -> str:
@@ -294,12 +302,9 @@ def main(argv: list[str] | None = None) -> int:
             from .bench import main as bench_main
 
             return bench_main(args)
-        if args.command == "lmcache":
-            return _run_lmcache(args)
-        if args.command == "stats":
-            return _stats(args)
-        if args.command == "delete-prefix":
-            return _delete_prefix(args)
+        commands = {"lmcache": _run_lmcache, "stats": _stats, "delete-prefix": _delete_prefix}
+        if args.command in commands:
+            return commands[args.command](args)
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         return _serve(args)
     except (ValkeyError, RuntimeError, ValueError, ImportError) as e:

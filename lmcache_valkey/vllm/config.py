@@ -16,10 +16,9 @@ import os
 from collections.abc import Mapping
 from typing import Any, Literal, get_args
 
-from ..client.factory import AnyClient, open_client
 from ..config import ClientConfig
 from ..errors import ConfigError
-from ..integration_options import IntegrationOptions
+from ..integration_options import IntegrationConfig, IntegrationOptions
 
 DEFAULT_KEY_PREFIX = "vllm:kv:"
 DEFAULT_TTL_S = 3600.0
@@ -47,7 +46,7 @@ _FAILURE_POLICIES: tuple[LoadFailurePolicy, ...] = get_args(LoadFailurePolicy)
 
 
 @dataclasses.dataclass(frozen=True)
-class ConnectorConfig:
+class ConnectorConfig(IntegrationConfig):
     """The connector's own options plus a validated client config."""
 
     client_config: ClientConfig
@@ -66,15 +65,9 @@ class ConnectorConfig:
         extra = dict(extra or {})
         OPTIONS.check_names(extra)
         url = extra.pop("url", None)
-        policy = extra.pop("load_failure_policy", "recompute")
-        if policy not in _FAILURE_POLICIES:
-            raise ConfigError(f"ValkeyConnector: load_failure_policy must be one of "
-                              f"{_FAILURE_POLICIES}, not {policy!r}")
+        policy = _choice(extra, "load_failure_policy", "recompute", _FAILURE_POLICIES)
         namespace_extra = str(extra.pop("namespace_extra", ""))
-        staging = extra.pop("staging", "auto")
-        if staging not in _STAGING:
-            raise ConfigError(f"ValkeyConnector: staging must be one of {_STAGING}, "
-                              f"not {staging!r}")
+        staging = _choice(extra, "staging", "auto", _STAGING)
         numbers: dict[str, Any]  # floats, and ints for the byte sizes
         numbers = {name: _number(name, extra.pop(name, default), minimum, need)
                    for name, (default, minimum, need) in _NUMBERS.items()}
@@ -84,16 +77,17 @@ class ConnectorConfig:
                    load_failure_policy=policy, namespace_extra=namespace_extra,
                    staging=staging, **numbers)
 
-    def create_client(self) -> AnyClient:
-        """A ValkeyClient, or a cluster client for a cluster URL / cluster=true."""
-        return open_client(config=self.client_config)
-
     def __repr__(self) -> str:  # no secrets
-        c = self.client_config
-        return (f"ConnectorConfig({c.redacted_url()}, key_prefix={c.key_prefix!r}, "
-                f"ttl_s={c.ttl_s}, num_connections={c.num_connections}, "
+        return (f"ConnectorConfig({self._client_summary()}, "
                 f"load_failure_policy={self.load_failure_policy!r}, staging={self.staging!r}, "
                 f"staging_bytes={self.staging_bytes}, lookup_timeout_ms={self.lookup_timeout_ms})")
+
+
+def _choice(extra: dict[str, Any], name: str, default: str, choices: tuple[str, ...]) -> Any:
+    value = extra.pop(name, default)
+    if value not in choices:
+        raise ConfigError(f"ValkeyConnector: {name} must be one of {choices}, not {value!r}")
+    return value
 
 
 def _number(name: str, value: Any, minimum: float | None, need: str) -> float:

@@ -130,42 +130,37 @@ class ValkeyConnector(KVConnectorBase_V1):
 
     # -- scheduler side ----------------------------------------------------
 
-    def on_new_request(self, request: Request) -> None:
+    def _scheduler_hook(self, hook: str, *args: Any) -> Any:
+        """The scheduler side's method `hook`, timed as that hook."""
         assert self._scheduler is not None
-        with self.hook_timer.time("on_new_request"):
-            self._scheduler.on_new_request(request)
+        with self.hook_timer.time(hook):
+            return getattr(self._scheduler, hook)(*args)
+
+    def on_new_request(self, request: Request) -> None:
+        self._scheduler_hook("on_new_request", request)
 
     def get_num_new_matched_tokens(self, request: Request,
                                    num_computed_tokens: int) -> tuple[int | None, bool]:
-        assert self._scheduler is not None
-        with self.hook_timer.time("get_num_new_matched_tokens"):
-            return self._scheduler.get_num_new_matched_tokens(request, num_computed_tokens)
+        return self._scheduler_hook("get_num_new_matched_tokens", request,
+                                    num_computed_tokens)
 
     def update_state_after_alloc(self, request: Request, blocks: KVCacheBlocks,
                                  num_external_tokens: int) -> None:
-        assert self._scheduler is not None
-        with self.hook_timer.time("update_state_after_alloc"):
-            self._scheduler.update_state_after_alloc(request, blocks, num_external_tokens)
+        self._scheduler_hook("update_state_after_alloc", request, blocks, num_external_tokens)
 
     def build_connector_meta(self, scheduler_output: SchedulerOutput) -> KVConnectorMetadata:
-        assert self._scheduler is not None
-        with self.hook_timer.time("build_connector_meta"):
-            meta = self._scheduler.build_connector_meta(scheduler_output)
+        meta = self._scheduler_hook("build_connector_meta", scheduler_output)
         self.hook_timer.maybe_dump()
         return meta
 
     def update_connector_output(self, connector_output: KVConnectorOutput) -> None:
-        assert self._scheduler is not None
-        with self.hook_timer.time("update_connector_output"):
-            self._scheduler.update_connector_output(connector_output)
+        self._scheduler_hook("update_connector_output", connector_output)
 
     def request_finished(self, request: Request,
                          block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
         # Saves copy their blocks out within the step, and vLLM itself keeps
         # the blocks of a request aborted while loading until finished_recving.
-        assert self._scheduler is not None
-        with self.hook_timer.time("request_finished"):
-            self._scheduler.request_finished(request, block_ids)
+        self._scheduler_hook("request_finished", request, block_ids)
         return False, None
 
     # -- worker side -------------------------------------------------------

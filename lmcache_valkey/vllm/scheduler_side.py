@@ -36,7 +36,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..errors import partial_results
+from ..errors import failed_future, partial_results
 from ..observability.ratelimited_log import RateLimitedLog
 from .metadata import BlockTransfer, ValkeyConnectorMetadata
 from .stats import StatsRecorder
@@ -159,8 +159,7 @@ class SchedulerSide:
         try:
             fut = self._client.submit_batch_exists(keys, refresh_ttl=True)
         except Exception as e:  # closed client: a failed lookup
-            fut = concurrent.futures.Future()
-            fut.set_exception(e)
+            fut = failed_future(e)
         return _Lookup(fut, n_check, time.perf_counter(), now + self.options.timeout_ms / 1e3)
 
     def _server_stalled(self) -> bool:

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from ..errors import partial_results
+from ..errors import failed_future, partial_results
 from ..observability.ratelimited_log import RateLimitedLog
 from .kv_layout import BlockLayout
 from .metadata import BlockTransfer
@@ -318,9 +318,7 @@ class WorkerSide:
                     row[a:z] = seg.reshape(-1)
             piece.future = self._client.submit_batch_set(piece.keys, rows)
         except Exception as e:  # a closed client: a failed save, counted by poll_saves
-            failed: concurrent.futures.Future[Any] = concurrent.futures.Future()
-            failed.set_exception(e)
-            piece.future = failed
+            piece.future = failed_future(e)
 
     def _gather_rows(self, piece: _Piece) -> None:
         """On the save stream: blocks -> device scratch -> staging rows."""
