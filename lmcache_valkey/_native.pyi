@@ -1,6 +1,7 @@
 """Type stubs for the compiled hot loop (cython_ext/_native.pyx)."""
 
-from typing import Any
+import socket
+from typing import Any, Literal
 
 from .errors import ServerReplyError
 
@@ -18,6 +19,19 @@ class RespConnection:
         max_inflight_bytes: int = ...,
         rbuf_size: int = ...,
     ) -> None: ...
+    @classmethod
+    def over_socket(
+        cls,
+        sock: socket.socket,
+        label: str,
+        *,
+        timeout_s: float = ...,
+        max_bulk_len: int = ...,
+        max_inflight_bytes: int = ...,
+        rbuf_size: int = ...,
+    ) -> RespConnection: ...
+    @property
+    def transport(self) -> Literal["fd", "socket"]: ...
     @property
     def failed(self) -> bool: ...
     def set_timeout(self, timeout_s: float) -> None: ...
