@@ -576,6 +576,19 @@ def _send_rest(peer: socket.socket, rest: bytes, cut: int | None) -> None:
         pass
 
 
+#: The engine's transports, as RespConnection.transport names them.
+TRANSPORTS = ("fd", "socket")
+
+
+def engine_on(sock: socket.socket, transport: str, label: str, **options: object
+              ) -> RespConnection:
+    """A RespConnection on `sock` over `transport`: "fd" (system calls on the
+    fd) or "socket" (the socket object's send / recv_into, TLS's path)."""
+    if transport == "socket":
+        return RespConnection.over_socket(sock, label, **options)
+    return RespConnection(sock.fileno(), label, **options)
+
+
 def run_engine(inp: EngineInput, transport: str = "fd",
                seen: list[object] | None = None) -> str | None:
     """Play inp.stream to a fresh connection over `transport` ("fd": system
@@ -584,10 +597,7 @@ def run_engine(inp: EngineInput, transport: str = "fd",
     exceptions, `.partial`, arena bytes) is appended to `seen`."""
     seen = [] if seen is None else seen
     with peer_playing(inp.stream, inp.cut) as client:
-        if transport == "socket":
-            conn = RespConnection.over_socket(client, LABEL, timeout_s=TIMEOUT_S, **inp.options)
-        else:
-            conn = RespConnection(client.fileno(), LABEL, timeout_s=TIMEOUT_S, **inp.options)
+        conn = engine_on(client, transport, LABEL, timeout_s=TIMEOUT_S, **inp.options)
         if conn.transport != transport:
             return f"built a {conn.transport!r} connection, not {transport!r}"
         if inp.kind == "execute":
