@@ -82,13 +82,13 @@ cdef class RespConnection(_Engine):
     cdef object _failure_exception(self):
         cdef str what = (<bytes>self.fail_msg).decode() if self.fail_msg != NULL else "failed"
         cdef object raised
-        if self.use_sock and self.failure == F_IO and self.transport.err_exc is not None:
-            raised = self.transport.err_exc
+        if self.use_sock and self.failure == F_IO and self.sock_io.err_exc is not None:
+            raised = self.sock_io.err_exc
             if not isinstance(raised, Exception):   # KeyboardInterrupt: raise it, once
-                self.transport.err_exc = None
+                self.sock_io.err_exc = None
                 return raised
         if self.failure == F_TLS:
-            return TlsError(f"{self.label}: TLS error: {self.transport.err_text}")
+            return TlsError(f"{self.label}: TLS error: {self.sock_io.err_text}")
         if self.failure == F_TIMEOUT:
             return ValkeyTimeoutError(f"{self.label}: {what} (op_timeout_s)")
         if self.failure == F_PROTOCOL:
@@ -98,7 +98,7 @@ cdef class RespConnection(_Engine):
         if self.failure == F_NOMEM:
             return MemoryError(what)
         if self.failure == F_IO:
-            detail = (self.transport.err_text if self.use_sock and not self.fail_errno
+            detail = (self.sock_io.err_text if self.use_sock and not self.fail_errno
                       else strerror(self.fail_errno).decode())
             return ValkeyConnectionError(f"{self.label}: {what}: {detail}")
         return ValkeyConnectionError(f"{self.label}: {what}")

@@ -122,7 +122,7 @@ cdef class _Engine:
     cdef volatile bint aborted
 
     cdef bint use_sock             # the socket-object transport, not the fd's calls
-    cdef SockTransport transport
+    cdef SockTransport sock_io
 
     def __cinit__(self):
         self.fd = -1
@@ -159,7 +159,7 @@ cdef class _Engine:
     cdef int _use_socket(self, object sock) except -1:
         """Move bytes with sock.send / sock.recv_into instead of the fd's
         system calls (transport.pxi). The socket must be non-blocking."""
-        self.transport = SockTransport(sock)
+        self.sock_io = SockTransport(sock)
         self.use_sock = True
         self.fd_blocking = False
         return 0
@@ -311,12 +311,12 @@ cdef class _Engine:
             if end > self.iov_pos + 1:
                 n = 0
                 for k in range(self.iov_pos, end):
-                    memcpy(self.transport.cbuf + n, self.iov[k].iov_base, self.iov[k].iov_len)
+                    memcpy(self.sock_io.cbuf + n, self.iov[k].iov_base, self.iov[k].iov_len)
                     n += self.iov[k].iov_len
-                p = self.transport.cbuf
+                p = self.sock_io.cbuf
         elif n > SOCK_SEND_MAX:
             n = SOCK_SEND_MAX
-        r = self.transport.send(p, n)
+        r = self.sock_io.send(p, n)
         if r == T_BLOCKED:
             return 0
         if r < 0:
@@ -326,7 +326,7 @@ cdef class _Engine:
 
     cdef int _sock_failed(self, const char *what) noexcept nogil:
         """Fail with what the socket transport reported."""
-        cdef int kind = self.transport.err_kind
+        cdef int kind = self.sock_io.err_kind
         if kind == F_NONE:   # not expected: still never a silent success
             kind = F_IO
         if kind == F_EOF:
@@ -335,7 +335,7 @@ cdef class _Engine:
             what = b"TLS error"
         self._fail(kind, what)
         if self.failure == F_IO:
-            self.fail_errno = self.transport.err_errno
+            self.fail_errno = self.sock_io.err_errno
         return -1
 
     cdef inline void _sent(self, ssize_t r) noexcept nogil:
@@ -369,7 +369,7 @@ cdef class _Engine:
             # line limit; getting here means the buffer is smaller than it.
             return self._fail(F_PROTOCOL, b"reply line longer than the receive buffer")
         if self.use_sock:
-            r = self.transport.recv(self.rbuf + self.rlen, self.rcap - self.rlen)
+            r = self.sock_io.recv(self.rbuf + self.rlen, self.rcap - self.rlen)
             if r > 0:
                 self.rlen += r
                 return 1
@@ -490,7 +490,7 @@ cdef class _Engine:
             piece = op.segs[self.seg_idx].len - self.seg_off
             if <int64_t>piece > self.body_left:
                 piece = <size_t>self.body_left
-            r = self.transport.recv(op.segs[self.seg_idx].ptr + self.seg_off, piece)
+            r = self.sock_io.recv(op.segs[self.seg_idx].ptr + self.seg_off, piece)
             if r > 0:
                 self._advance_dest(op, r)
                 got = True
@@ -652,11 +652,11 @@ cdef class _Engine:
         p.events = POLLIN | (POLLOUT if want_out else 0)
         p.revents = 0
         if self.use_sock:
-            if self.transport.pending():
+            if self.sock_io.pending():
                 return 0
             # What the blocked calls wait for: a TLS write may need to read.
-            p.events = POLLIN | (self.transport.wait_events & POLLOUT)
-            self.transport.wait_events = 0
+            p.events = POLLIN | (self.sock_io.wait_events & POLLOUT)
+            self.sock_io.wait_events = 0
         while True:
             r = poll(&p, 1, self.timeout_ms)
             if r > 0:

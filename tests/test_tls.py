@@ -251,6 +251,30 @@ def test_abort_wakes_a_batch_blocked_on_a_stalled_server(stalling, tls_certs) ->
     sock.close()
 
 
+def _reply_then_break_the_record_layer(tls: ssl.SSLSocket) -> None:
+    tls.sendall(b"$3\r\nabc\r\n")  # the first key's reply, then bytes outside TLS:
+    socket.socket.sendall(tls, b"\x17\x03\x03\x00\x20" + b"\x00" * 32)  # a forged record
+
+
+@pytest.mark.timeout(30)
+def test_tls_failure_mid_batch_is_a_tls_error_with_partial(tls_certs) -> None:
+    s = StallingTlsServer(tls_certs, then=_reply_then_break_the_record_layer)
+    try:
+        conn, sock = _tls_connection(s.port, tls_certs, timeout_s=5)
+        assert conn.execute("PING") == "PONG"
+        dests = [bytearray(8), bytearray(8)]
+        with pytest.raises(TlsError, match=f"127.0.0.1:{s.port}: TLS error: ") as info:
+            conn.batch_get_into([b"a", b"b"], dests)
+        assert info.value.partial == ([3, None], {}, {})
+        assert dests[0][:3] == b"abc"
+        assert conn.failed
+        with pytest.raises(TlsError):
+            conn.batch_exists([b"a"])
+        sock.close()
+    finally:
+        s.close()
+
+
 @pytest.mark.timeout(60)
 def test_abort_mid_transfer_reports_completed_keys_exactly(tls_server, tls_certs) -> None:
     conn, sock = _tls_connection(tls_server.tls_port, tls_certs, timeout_s=10)
