@@ -19,17 +19,9 @@ class RespConnection:
         max_inflight_bytes: int = ...,
         rbuf_size: int = ...,
     ) -> None: ...
+    # The same engine over a socket object (TLS); options: __init__'s keywords.
     @classmethod
-    def over_socket(
-        cls,
-        sock: socket.socket,
-        label: str,
-        *,
-        timeout_s: float = ...,
-        max_bulk_len: int = ...,
-        max_inflight_bytes: int = ...,
-        rbuf_size: int = ...,
-    ) -> RespConnection: ...
+    def over_socket(cls, sock: socket.socket, label: str, **options: float) -> RespConnection: ...
     @property
     def transport(self) -> Literal["fd", "socket"]: ...
     @property
