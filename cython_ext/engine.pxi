@@ -228,9 +228,14 @@ cdef class _Engine:
                 break
             if kind == OP_GET or kind == OP_SET:
                 # Bound the GET reply bytes the server queues for us, and the
-                # SET value bytes it has not acknowledged yet.
+                # SET value bytes it has not acknowledged yet. Over the socket
+                # transport a second SET may go while the first waits for its
+                # +OK: encrypting the next value hides that round trip (32 x
+                # 4 MiB over TLS: SET 1.28 GB/s, 1.15 with one at a time).
                 if (self.inflight_bytes > 0 and
-                        self.inflight_bytes + op.cap > self._inflight_limit(kind)):
+                        self.inflight_bytes + op.cap > self._inflight_limit(kind) and
+                        not (self.use_sock and kind == OP_SET and
+                             self.next_encode - self.next_reply < 2)):
                     break
                 self.inflight_bytes += op.cap
             start = self.wbuf.len
@@ -632,10 +637,15 @@ cdef class _Engine:
                 if op.status != ST_TOO_LARGE:
                     op.status = ST_OK
                 self._complete(kind, op)
-                if (kind == OP_GET and self.iov_pos == self.iov_count and
+                # Send the next GET before reading on. Not over the socket
+                # transport: there a send is a TLS record and a call with the
+                # GIL, so one ~30-byte GET per reply of a small value cost
+                # half the GET throughput (4096 x 1 KiB); it reads what has
+                # arrived first, then sends the next window in one record.
+                if (kind == OP_GET and not self.use_sock and self.iov_pos == self.iov_count and
                         self.next_encode < n and self._room_for_next(ops, n)):
                     progressed[0] = True
-                    return 0   # send the next GET before reading on
+                    return 0
         return 0
 
     cdef inline bint _room_for_next(self, Op *ops, Py_ssize_t n) noexcept nogil:
