@@ -48,7 +48,7 @@ lint: $(STAMP)                 ## ruff (pyproject's rules) and mypy over the pac
 microbench: $(STAMP)           ## pytest-benchmark micro-benchmarks (parser, batch path)
 	$(BIN)/pytest -m bench -p no:randomly $(ARGS)
 
-fuzz: $(STAMP)                 ## the million-input RESP fuzz run, figures printed (~5 min)
+fuzz: $(STAMP)                 ## the million-input RESP fuzz run per target, figures printed (~5 min; engine-socket, both transports per input, is the longest)
 	$(BIN)/pytest -m fuzz -s tests/test_fuzz.py $(ARGS)
 
 # AddressSanitizer: the extension built with -fsanitize=address into its own

@@ -5,17 +5,18 @@
 # outcomes are results (a miss is None, a server -ERR is that key's error);
 # only I/O and protocol failures raise, and they poison the connection.
 
-from lmcache_valkey.errors import (ProtocolError, ServerReplyError,
+from lmcache_valkey.errors import (ProtocolError, ServerReplyError, TlsError,
                                    ValkeyConnectionError, ValkeyTimeoutError)
 
 # The engine's OpKind codes by command, for the one table of operations
-# (lmcache_valkey/operations.py), which the TLS engine reads them from too.
+# (lmcache_valkey/operations.py).
 OP_KINDS = {"GET": OP_GET, "SET": OP_SET, "EXISTS": OP_EXISTS, "DEL": OP_DEL,
             "PEXPIRE": OP_PEXPIRE}
 
 
 cdef class RespConnection(_Engine):
-    """One RESP2 connection over a connected socket's fd.
+    """One RESP2 connection over a connected socket's fd, or (built with
+    `over_socket`) over a socket object such as an ``ssl.SSLSocket``.
 
     The fd stays owned by the caller's socket object; this class never closes
     it. `label` (e.g. "127.0.0.1:6379") names the peer in exceptions and must
@@ -34,6 +35,24 @@ cdef class RespConnection(_Engine):
             raise ValueError(f"rbuf_size must be at least {MAX_LINE + 16}")
         self.label = label
         self._init_engine(fd, timeout_s, max_bulk_len, max_inflight_bytes, rbuf_size)
+
+    @classmethod
+    def over_socket(cls, sock, str label, **options):
+        """The same engine over a connected socket object (for valkeys://, a
+        handshaken ``ssl.SSLSocket``): bytes move with ``sock.send`` and
+        ``sock.recv_into`` (transport.pxi) instead of system calls on its fd.
+        The socket is switched to non-blocking mode and must not be used by
+        anyone else meanwhile; options are the constructor's."""
+        cdef RespConnection conn
+        sock.setblocking(False)
+        conn = cls(sock.fileno(), label, **options)
+        conn._use_socket(sock)
+        return conn
+
+    @property
+    def transport(self):
+        """"fd" (system calls on the fd) or "socket" (a socket object's methods)."""
+        return "socket" if self.use_sock else "fd"
 
     @property
     def failed(self):
@@ -62,6 +81,14 @@ cdef class RespConnection(_Engine):
 
     cdef object _failure_exception(self):
         cdef str what = (<bytes>self.fail_msg).decode() if self.fail_msg != NULL else "failed"
+        cdef object raised
+        if self.use_sock and self.failure == F_IO and self.sock_io.err_exc is not None:
+            raised = self.sock_io.err_exc
+            if not isinstance(raised, Exception):   # KeyboardInterrupt: raise it, once
+                self.sock_io.err_exc = None
+                return raised
+        if self.failure == F_TLS:
+            return TlsError(f"{self.label}: TLS error: {self.sock_io.err_text}")
         if self.failure == F_TIMEOUT:
             return ValkeyTimeoutError(f"{self.label}: {what} (op_timeout_s)")
         if self.failure == F_PROTOCOL:
@@ -71,8 +98,9 @@ cdef class RespConnection(_Engine):
         if self.failure == F_NOMEM:
             return MemoryError(what)
         if self.failure == F_IO:
-            return ValkeyConnectionError(
-                f"{self.label}: {what}: {strerror(self.fail_errno).decode()}")
+            detail = (self.sock_io.err_text if self.use_sock and not self.fail_errno
+                      else strerror(self.fail_errno).decode())
+            return ValkeyConnectionError(f"{self.label}: {what}: {detail}")
         return ValkeyConnectionError(f"{self.label}: {what}")
 
     cdef int _run_pinned(self, int kind, _BufferPins pins, int64_t ttl_ms):

@@ -19,6 +19,10 @@
 # non-blocking fd the call just returns EAGAIN and the loop polls as before.
 # Nothing here allocates per reply or knows about prefixes, TTL policy,
 # LMCache or vLLM.
+#
+# Over a socket object (TLS) the same loop runs with SockTransport's calls in
+# place of the fd's (transport.pxi): the `use_sock` branches below. There
+# every wait is a poll(), never the blocking body receive.
 
 cdef enum OpKind:
     OP_GET = 1
@@ -50,6 +54,7 @@ cdef enum Failure:
     F_PROTOCOL = 4
     F_NOMEM = 5
     F_ABORTED = 6
+    F_TLS = 7          # the socket transport's TLS layer failed (text in the transport)
 
 
 ctypedef struct Seg:
@@ -116,6 +121,9 @@ cdef class _Engine:
     cdef char fail_byte
     cdef volatile bint aborted
 
+    cdef bint use_sock             # the socket-object transport, not the fd's calls
+    cdef SockTransport sock_io
+
     def __cinit__(self):
         self.fd = -1
         self.rbuf = NULL
@@ -146,6 +154,14 @@ cdef class _Engine:
         if self.rbuf == NULL or self.iov == NULL or scratch_reserve(&self.wbuf, WINDOW_SCRATCH) < 0:
             raise MemoryError()
         self.rpos = self.rlen = 0
+        return 0
+
+    cdef int _use_socket(self, object sock) except -1:
+        """Move bytes with sock.send / sock.recv_into instead of the fd's
+        system calls (transport.pxi). The socket must be non-blocking."""
+        self.sock_io = SockTransport(sock)
+        self.use_sock = True
+        self.fd_blocking = False
         return 0
 
     cdef inline void _set_timeout(self, double timeout_s) noexcept:
@@ -212,9 +228,14 @@ cdef class _Engine:
                 break
             if kind == OP_GET or kind == OP_SET:
                 # Bound the GET reply bytes the server queues for us, and the
-                # SET value bytes it has not acknowledged yet.
+                # SET value bytes it has not acknowledged yet. Over the socket
+                # transport a second SET may go while the first waits for its
+                # +OK: encrypting the next value hides that round trip (32 x
+                # 4 MiB over TLS: SET 1.28 GB/s, 1.15 with one at a time).
                 if (self.inflight_bytes > 0 and
-                        self.inflight_bytes + op.cap > self._inflight_limit(kind)):
+                        self.inflight_bytes + op.cap > self._inflight_limit(kind) and
+                        not (self.use_sock and kind == OP_SET and
+                             self.next_encode - self.next_reply < 2)):
                     break
                 self.inflight_bytes += op.cap
             start = self.wbuf.len
@@ -258,6 +279,8 @@ cdef class _Engine:
         cdef msghdr msg
         cdef ssize_t r
         cdef int cnt = self.iov_count - self.iov_pos
+        if self.use_sock:
+            return self._sock_send_some()
         if cnt > LMV_IOV_MAX:
             cnt = LMV_IOV_MAX
         memset(&msg, 0, sizeof(msg))
@@ -272,6 +295,56 @@ cdef class _Engine:
             if errno == EAGAIN or errno == EWOULDBLOCK:
                 return 0
             return self._fail(F_IO, b"send failed")
+        self._sent(r)
+        return 1
+
+    cdef int _sock_send_some(self) noexcept nogil:
+        """_send_some over the socket transport: one send of the next piece,
+        or of the next small pieces copied together (one TLS record, not one
+        per command header). A blocked send is retried with the same bytes:
+        nothing here changes until a send succeeds."""
+        cdef iovec *v = &self.iov[self.iov_pos]
+        cdef const char *p = <const char *>v.iov_base
+        cdef size_t n = v.iov_len
+        cdef int end = self.iov_pos + 1
+        cdef int k
+        cdef ssize_t r
+        if n < SOCK_COALESCE:
+            while end < self.iov_count and n + self.iov[end].iov_len <= SOCK_COALESCE:
+                n += self.iov[end].iov_len
+                end += 1
+            if end > self.iov_pos + 1:
+                n = 0
+                for k in range(self.iov_pos, end):
+                    memcpy(self.sock_io.cbuf + n, self.iov[k].iov_base, self.iov[k].iov_len)
+                    n += self.iov[k].iov_len
+                p = self.sock_io.cbuf
+        elif n > SOCK_SEND_MAX:
+            n = SOCK_SEND_MAX
+        r = self.sock_io.send(p, n)
+        if r == T_BLOCKED:
+            return 0
+        if r < 0:
+            return self._sock_failed(b"send failed")
+        self._sent(r)
+        return 1
+
+    cdef int _sock_failed(self, const char *what) noexcept nogil:
+        """Fail with what the socket transport reported."""
+        cdef int kind = self.sock_io.err_kind
+        if kind == F_NONE:   # not expected: still never a silent success
+            kind = F_IO
+        if kind == F_EOF:
+            return self._fail(F_EOF, b"connection closed by the server")
+        if kind != F_IO:
+            what = b"TLS error"
+        self._fail(kind, what)
+        if self.failure == F_IO:
+            self.fail_errno = self.sock_io.err_errno
+        return -1
+
+    cdef inline void _sent(self, ssize_t r) noexcept nogil:
+        """Move the window's cursor past r sent bytes."""
         while r > 0:
             if <size_t>r >= self.iov[self.iov_pos].iov_len:
                 r -= self.iov[self.iov_pos].iov_len
@@ -283,7 +356,6 @@ cdef class _Engine:
         # Zero-length tail entries (none are added, but be safe).
         while self.iov_pos < self.iov_count and self.iov[self.iov_pos].iov_len == 0:
             self.iov_pos += 1
-        return 1
 
     # -- receiving ---------------------------------------------------------
 
@@ -301,6 +373,16 @@ cdef class _Engine:
             # A header line that fills the buffer is caught by the parser's
             # line limit; getting here means the buffer is smaller than it.
             return self._fail(F_PROTOCOL, b"reply line longer than the receive buffer")
+        if self.use_sock:
+            r = self.sock_io.recv(self.rbuf + self.rlen, self.rcap - self.rlen)
+            if r > 0:
+                self.rlen += r
+                return 1
+            if r == 0:
+                return self._fail(F_EOF, b"connection closed by the server")
+            if r == T_BLOCKED:
+                return 0
+            return self._sock_failed(b"receive failed")
         while True:
             r = recv(self.fd, self.rbuf + self.rlen, self.rcap - self.rlen, MSG_DONTWAIT)
             if r > 0:
@@ -357,6 +439,8 @@ cdef class _Engine:
         cdef msghdr msg
         cdef int flags
         cdef bint blocking = may_block and self.fd_blocking
+        if self.use_sock:
+            return self._sock_recv_body(op)
         while want > 0 and cnt < BODY_IOVS:
             piece = op.segs[k].len - off
             if piece > want:
@@ -399,6 +483,29 @@ cdef class _Engine:
             self._advance_dest(op, into_dest)
             self.rlen = r - into_dest
         return 1
+
+    cdef int _sock_recv_body(self, Op *op) noexcept nogil:
+        """_recv_body over the socket transport: receive (decrypt) straight
+        into the destination segments until the body is in or it would block."""
+        cdef size_t piece
+        cdef ssize_t r
+        cdef bint got = False
+        self.rpos = self.rlen = 0
+        while self.body_left > 0:
+            piece = op.segs[self.seg_idx].len - self.seg_off
+            if <int64_t>piece > self.body_left:
+                piece = <size_t>self.body_left
+            r = self.sock_io.recv(op.segs[self.seg_idx].ptr + self.seg_off, piece)
+            if r > 0:
+                self._advance_dest(op, r)
+                got = True
+            elif r == 0:
+                return self._fail(F_EOF, b"connection closed by the server mid-value")
+            elif r == T_BLOCKED:
+                break
+            else:
+                return self._sock_failed(b"receive failed")
+        return 1 if got else 0
 
     cdef int _record_error(self, Op *op, ReplyHeader *h) noexcept nogil:
         cdef size_t n = h.text_len if h.text_len < MAX_ERROR_TEXT else MAX_ERROR_TEXT
@@ -530,10 +637,15 @@ cdef class _Engine:
                 if op.status != ST_TOO_LARGE:
                     op.status = ST_OK
                 self._complete(kind, op)
-                if (kind == OP_GET and self.iov_pos == self.iov_count and
+                # Send the next GET before reading on. Not over the socket
+                # transport: there a send is a TLS record and a call with the
+                # GIL, so one ~30-byte GET per reply of a small value cost
+                # half the GET throughput (4096 x 1 KiB); it reads what has
+                # arrived first, then sends the next window in one record.
+                if (kind == OP_GET and not self.use_sock and self.iov_pos == self.iov_count and
                         self.next_encode < n and self._room_for_next(ops, n)):
                     progressed[0] = True
-                    return 0   # send the next GET before reading on
+                    return 0
         return 0
 
     cdef inline bint _room_for_next(self, Op *ops, Py_ssize_t n) noexcept nogil:
@@ -549,6 +661,12 @@ cdef class _Engine:
         p.fd = self.fd
         p.events = POLLIN | (POLLOUT if want_out else 0)
         p.revents = 0
+        if self.use_sock:
+            if self.sock_io.pending():
+                return 0
+            # What the blocked calls wait for: a TLS write may need to read.
+            p.events = POLLIN | (self.sock_io.wait_events & POLLOUT)
+            self.sock_io.wait_events = 0
         while True:
             r = poll(&p, 1, self.timeout_ms)
             if r > 0:

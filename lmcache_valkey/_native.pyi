@@ -1,6 +1,7 @@
 """Type stubs for the compiled hot loop (cython_ext/_native.pyx)."""
 
-from typing import Any
+import socket
+from typing import Any, Literal
 
 from .errors import ServerReplyError
 
@@ -18,6 +19,11 @@ class RespConnection:
         max_inflight_bytes: int = ...,
         rbuf_size: int = ...,
     ) -> None: ...
+    # The same engine over a socket object (TLS); options: __init__'s keywords.
+    @classmethod
+    def over_socket(cls, sock: socket.socket, label: str, **options: float) -> RespConnection: ...
+    @property
+    def transport(self) -> Literal["fd", "socket"]: ...
     @property
     def failed(self) -> bool: ...
     def set_timeout(self, timeout_s: float) -> None: ...

@@ -2,10 +2,9 @@
 
 The socket object owns the fd; the native RespConnection borrows it for the
 hot loop. With TLS (``valkeys://``) the socket is an ``ssl.SSLSocket`` and the
-engine is ``TlsRespConnection`` (same interface, see tls_transport.py), since
-the native loop's sendmsg/readv on a raw fd cannot encrypt. Connection errors
-name the endpoint (host:port or the socket path), never the username or
-password.
+same engine runs over it (``RespConnection.over_socket``, see tls_transport.py),
+since sendmsg/readv on a raw fd cannot encrypt. Connection errors name the
+endpoint (host:port or the socket path), never the username or password.
 """
 
 from __future__ import annotations
@@ -18,18 +17,19 @@ from typing import Any
 
 from ._native import RespConnection
 from .config import ClientConfig
+from .engine import Engine
 from .errors import AuthenticationError, ServerReplyError, TlsError, ValkeyConnectionError
 from .server_profile import ServerProfile, probe
-from .tls_transport import TlsRespConnection, tls_reason
+from .tls_transport import wrap_tls
 
 
 class Connection:
-    """A connected, authenticated socket and its engine (RespConnection, or
-    TlsRespConnection over TLS)."""
+    """A connected, authenticated socket and its engine (a RespConnection on
+    the fd, or over the ``ssl.SSLSocket`` with TLS)."""
 
     __slots__ = ("sock", "native", "endpoint", "profile", "inflight_bytes", "_poll")
 
-    def __init__(self, sock: socket.socket, native: Any, endpoint: str,
+    def __init__(self, sock: socket.socket, native: Engine, endpoint: str,
                  profile: ServerProfile, inflight_bytes: int) -> None:
         self.sock = sock
         self.native = native
@@ -85,50 +85,12 @@ def _connect_socket(config: ClientConfig) -> socket.socket:
             sock.setsockopt(socket.SOL_SOCKET, opt, config.socket_buffer_bytes)
     # A blocking fd: the engine's calls are non-blocking (MSG_DONTWAIT) except
     # the one that waits for the rest of a large body (engine.pxi), bounded by
-    # SO_RCVTIMEO. TLS sets its own mode in _wrap_tls.
+    # SO_RCVTIMEO. Over TLS the engine makes the socket non-blocking.
     sock.settimeout(None)
     return sock
 
 
-def tls_context(config: ClientConfig) -> ssl.SSLContext:
-    """The client TLS context: the CA file (or the system's CAs), the client
-    certificate for mutual TLS, and hostname checking as configured."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies certificates; TLS >= 1.2
-    try:
-        if config.tls_ca_file:
-            ctx.load_verify_locations(cafile=config.tls_ca_file)
-        else:
-            ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
-        if config.tls_cert_file:
-            ctx.load_cert_chain(config.tls_cert_file, config.tls_key_file)
-    except (OSError, ssl.SSLError) as e:  # a missing or unreadable file names itself
-        what = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise TlsError(f"{config.endpoint}: cannot load TLS certificates or key: "
-                       f"{what}{': ' + e.filename if getattr(e, 'filename', None) else ''}"
-                       ) from None
-    ctx.check_hostname = config.tls_check_hostname
-    return ctx
-
-
-def _wrap_tls(sock: socket.socket, config: ClientConfig) -> ssl.SSLSocket:
-    """TLS handshake within connect_timeout_s (the socket is blocking here)."""
-    ctx = tls_context(config)
-    server_name = config.tls_server_name or config.host
-    sock.setblocking(True)
-    sock.settimeout(config.connect_timeout_s)
-    try:
-        return ctx.wrap_socket(sock, server_hostname=server_name)
-    except TimeoutError:
-        raise TlsError(f"{config.endpoint}: TLS handshake: no answer within "
-                       f"{config.connect_timeout_s}s (connect_timeout_s)") from None
-    except ssl.SSLError as e:
-        raise TlsError(f"{config.endpoint}: TLS handshake failed: {tls_reason(e)}") from None
-    except OSError as e:
-        raise ValkeyConnectionError(
-            f"{config.endpoint}: TLS handshake failed: {e.strerror or e}") from None
-
-
-def _handshake(native: Any, config: ClientConfig, profile: ServerProfile | None
+def _handshake(native: Engine, config: ClientConfig, profile: ServerProfile | None
                ) -> ServerProfile:
     """AUTH, SELECT, and what the server is (``INFO server``, unless the
     caller learned it on an earlier connection)."""
@@ -168,9 +130,10 @@ def open_connection(config: ClientConfig, profile: ServerProfile | None = None) 
     limits = dict(timeout_s=config.connect_timeout_s,  # the handshake is part of connecting
                   max_bulk_len=config.max_bulk_len)
     try:
+        native: Engine
         if config.tls:
-            sock = _wrap_tls(sock, config)
-            native: Any = TlsRespConnection(sock, config.endpoint, **limits)
+            sock = wrap_tls(sock, config)
+            native = RespConnection.over_socket(sock, config.endpoint, **limits)
         else:
             native = RespConnection(sock.fileno(), config.endpoint, **limits)
         profile = _handshake(native, config, profile)

@@ -1,7 +1,7 @@
 """The five batch operations, named once.
 
-Every layer speaks of the same five operations: the native engine by its
-``OpKind`` code and method, the TLS engine by the same code, the client and
+Every layer speaks of the same five operations: the engine (one, over every
+transport, TLS included) by its ``OpKind`` code and method, the client and
 the cluster by what a key that never got a reply reads as, the stats by the
 operation's name and outcomes, the cluster's replica routing by whether a
 replica may answer. Each of them reads it from here, so that adding or
@@ -17,6 +17,7 @@ from ._native import OP_KINDS
 
 if TYPE_CHECKING:
     from .client.integrity import Checksum
+    from .engine import Engine
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -29,7 +30,7 @@ class Operation:
     command: str
     #: The engine's code for it (``OpKind`` in cython_ext/engine.pxi).
     code: int
-    #: The engine method that runs a batch of it (RespConnection, TlsRespConnection).
+    #: The engine method that runs a batch of it (:class:`~lmcache_valkey.engine.Engine`).
     method: str
     #: What a key reads as when its batch failed before its reply.
     failed_value: Any
@@ -65,10 +66,10 @@ DELETE = Operation("delete", "DEL", OP_KINDS["DEL"], "batch_delete", 0,
 OPERATIONS = (GET, SET, EXISTS, TOUCH, DELETE)
 
 
-def run_batch(native: Any, op: Operation, keys: list[bytes], buffers: list[Any] | None,
+def run_batch(native: Engine, op: Operation, keys: list[bytes], buffers: list[Any] | None,
               args: tuple[Any, ...], checksum: Checksum | None = None) -> Any:
-    """Run a batch of `op` on engine `native` (a connection's RespConnection
-    or TlsRespConnection), its values sealed / checked by `checksum`; returns
+    """Run a batch of `op` on engine `native` (a connection's RespConnection,
+    over its fd or its TLS socket), its values sealed / checked by `checksum`; returns
     the engine's ``(values, errors, too_large)``."""
     method = getattr(native, op.method)
     if buffers is None:  # EXISTS, TOUCH, DELETE

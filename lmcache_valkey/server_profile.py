@@ -36,8 +36,8 @@ costs a deep-pipelining server some speed, never memory.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
+from .engine import Engine
 from .errors import ServerReplyError
 
 #: GET reply bytes requested ahead per connection, by how the server writes them.
@@ -97,7 +97,7 @@ def parse_info_server(text: str) -> ServerProfile:
     return UNKNOWN
 
 
-def probe(native: Any) -> ServerProfile:
+def probe(native: Engine) -> ServerProfile:
     """Ask the server on a connected, authenticated engine what it is.
     A refused INFO (ACL, renamed command) gives ``UNKNOWN``; I/O errors
     propagate (the connect fails, as a failed AUTH would)."""

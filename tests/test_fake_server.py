@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
+from resp_fuzz import engine_on
 from resp_reference import RespReader
 
 from lmcache_valkey._native import RespConnection
@@ -82,12 +83,14 @@ class FakeServer(threading.Thread):
         self.listener.close()
 
 
-@pytest.fixture(params=["blocking-fd", "non-blocking-fd"])
+@pytest.fixture(params=["blocking-fd", "non-blocking-fd", "socket-object"])
 def connect(request) -> Iterator[Callable[..., tuple[RespConnection, str, FakeServer]]]:
     """connect(script, **RespConnection options) -> (connection, its label, server).
-    Both fd modes: on a blocking fd (what open_connection gives) a body with
-    nothing left to send is received with one blocking recvmsg bounded by
-    SO_RCVTIMEO; on a non-blocking one, by poll() and non-blocking calls."""
+    Every transport: both fd modes (on a blocking fd, what open_connection
+    gives, a body with nothing left to send is received with one blocking
+    recvmsg bounded by SO_RCVTIMEO; on a non-blocking one, by poll() and
+    non-blocking calls), and the socket object's send / recv_into, the
+    transport TLS runs on (RespConnection.over_socket)."""
     opened: list[tuple[FakeServer, socket.socket]] = []
 
     def make(script: Script, **options) -> tuple[RespConnection, str, FakeServer]:
@@ -97,7 +100,8 @@ def connect(request) -> Iterator[Callable[..., tuple[RespConnection, str, FakeSe
         sock.setblocking(request.param == "blocking-fd")
         opened.append((server, sock))
         label = f"fake-valkey@127.0.0.1:{server.port}"
-        conn = RespConnection(sock.fileno(), label, **{"timeout_s": 5.0, **options})
+        transport = "socket" if request.param == "socket-object" else "fd"
+        conn = engine_on(sock, transport, label, **{"timeout_s": 5.0, **options})
         return conn, label, server
 
     yield make

@@ -1,7 +1,9 @@
 """The RESP fuzz harness (tests/resp_fuzz.py) as tests.
 
 * test_quick_fuzz (default suite): the first 20 000 inputs of each target,
-  seed 0 — a few seconds.
+  seed 0 — a few seconds. ``engine-socket`` runs each engine input over both
+  transports (the fd's system calls, and the socket object's methods that TLS
+  uses) and checks that they agree exactly.
 * test_million_inputs (marker `fuzz`, `make fuzz`): 1 000 000 inputs per
   target; LMCACHE_VALKEY_FUZZ_SEED picks the seed (default 1, so it does not
   repeat the quick run's inputs). Its figures are printed (`-s` shows them).
@@ -47,6 +49,6 @@ def test_quick_fuzz(target: str) -> None:
 @pytest.mark.parametrize("target", sorted(resp_fuzz.TARGETS))
 def test_million_inputs(target: str) -> None:
     run(target, FULL_INPUTS, seed=int(os.environ.get("LMCACHE_VALKEY_FUZZ_SEED", "1")))
-    if target == "engine":
+    if target.startswith("engine"):
         print("  outcomes: " + ", ".join(
             f"{k} {v}" for k, v in sorted(resp_fuzz.OUTCOMES.items())))

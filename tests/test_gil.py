@@ -1,5 +1,6 @@
 """The batch runs without the GIL: other Python threads keep running while a
-connection waits on the server.
+connection waits on the server. On the socket-object transport (TLS's) each
+send / recv_into takes the GIL for the call, and a wait (poll) is without it.
 
 A socketpair stands in for the server here (it answers late on purpose, which
 a real server cannot be told to do); the bytes are real RESP.
@@ -12,16 +13,16 @@ import threading
 import time
 
 import pytest
-
-from lmcache_valkey._native import RespConnection
+from resp_fuzz import TRANSPORTS, engine_on
 
 pytestmark = pytest.mark.engine
 
 
-def test_other_threads_run_while_a_batch_waits() -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_other_threads_run_while_a_batch_waits(transport: str) -> None:
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
-    conn = RespConnection(ours.fileno(), "socketpair", timeout_s=5)
+    conn = engine_on(ours, transport, "socketpair", timeout_s=5)
     ticks = 0
     stop = threading.Event()
 

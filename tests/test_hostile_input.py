@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import psutil
 import pytest
-from resp_fuzz import peer_playing
+from resp_fuzz import TRANSPORTS, engine_on, peer_playing
 
 from lmcache_valkey._native import RespConnection
 from lmcache_valkey.errors import ProtocolError, ValkeyConnectionError
@@ -105,10 +105,11 @@ def bounded_memory() -> Iterator[None]:
     assert rss_growth < GROWTH_LIMIT, f"RSS grew by {rss_growth / MiB:.1f} MiB"
 
 
-def call_against(claim: Claim, call: Callable[[RespConnection], object]) -> None:
+def call_against(claim: Claim, transport: str, call: Callable[[RespConnection], object]
+                 ) -> None:
     with peer_playing(claim.stream) as sock:
-        conn = RespConnection(sock.fileno(), "hostile-peer", timeout_s=5.0,
-                              max_bulk_len=claim.max_bulk_len)
+        conn = engine_on(sock, transport, "hostile-peer", timeout_s=5.0,
+                         max_bulk_len=claim.max_bulk_len)
         with pytest.raises(ValkeyConnectionError) as info:
             call(conn)
     assert type(info.value) is claim.error, repr(info.value)
@@ -116,13 +117,15 @@ def call_against(claim: Claim, call: Callable[[RespConnection], object]) -> None
     assert conn.failed
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("name", list(GET_CLAIMS))
-def test_get_claiming_gigabytes(name: str, bounded_memory: None) -> None:
+def test_get_claiming_gigabytes(name: str, transport: str, bounded_memory: None) -> None:
     dest = bytearray(b"\xee" * 16)
-    call_against(GET_CLAIMS[name], lambda conn: conn.batch_get_into([b"k"], [dest]))
+    call_against(GET_CLAIMS[name], transport, lambda conn: conn.batch_get_into([b"k"], [dest]))
     assert dest == b"\xee" * 16, "nothing may be written for a value that never completed"
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("name", list(EXECUTE_CLAIMS))
-def test_execute_claiming_gigabytes(name: str, bounded_memory: None) -> None:
-    call_against(EXECUTE_CLAIMS[name], lambda conn: conn.execute("GET", "k"))
+def test_execute_claiming_gigabytes(name: str, transport: str, bounded_memory: None) -> None:
+    call_against(EXECUTE_CLAIMS[name], transport, lambda conn: conn.execute("GET", "k"))

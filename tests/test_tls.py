@@ -30,7 +30,6 @@ from lmcache_valkey import (
 from lmcache_valkey._native import RespConnection
 from lmcache_valkey.config import ClientConfig
 from lmcache_valkey.connection import open_connection
-from lmcache_valkey.tls_transport import TlsRespConnection
 
 MiB = 1 << 20
 
@@ -45,7 +44,9 @@ def payload(size: int, seed: int = 0) -> np.ndarray:
 def test_connection_uses_tls_transport(tls_server, tls_certs) -> None:
     conn = open_connection(ClientConfig.from_options(tls_server.url, tls_ca_file=tls_certs.ca))
     try:
-        assert isinstance(conn.native, TlsRespConnection)
+        # The one engine, over the SSLSocket object instead of the fd.
+        assert isinstance(conn.native, RespConnection)
+        assert conn.native.transport == "socket"
         assert isinstance(conn.sock, ssl.SSLSocket)
         assert conn.sock.version() in ("TLSv1.2", "TLSv1.3")
         assert conn.native.execute("PING") == "PONG"
@@ -220,16 +221,17 @@ def test_tls_handshake_or_probe_that_hangs_fails_within_connect_timeout(tls_cert
         s.close()
 
 
-def _tls_connection(port: int, certs: Certs, timeout_s: float) -> TlsRespConnection:
+def _tls_connection(port: int, certs: Certs, timeout_s: float
+                    ) -> tuple[RespConnection, ssl.SSLSocket]:
     ctx = ssl.create_default_context(cafile=certs.ca)
     sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5),
                            server_hostname="127.0.0.1")
-    return TlsRespConnection(sock, f"127.0.0.1:{port}", timeout_s=timeout_s)
+    return RespConnection.over_socket(sock, f"127.0.0.1:{port}", timeout_s=timeout_s), sock
 
 
 @pytest.mark.timeout(30)
 def test_abort_wakes_a_batch_blocked_on_a_stalled_server(stalling, tls_certs) -> None:
-    conn = _tls_connection(stalling.port, tls_certs, timeout_s=60)
+    conn, sock = _tls_connection(stalling.port, tls_certs, timeout_s=60)
     conn.execute("PING")  # the fake answers one command
     threading.Timer(0.3, conn.abort).start()
     t0 = time.monotonic()
@@ -240,11 +242,36 @@ def test_abort_wakes_a_batch_blocked_on_a_stalled_server(stalling, tls_certs) ->
     assert conn.failed
     with pytest.raises(ValkeyConnectionError, match="closed by the client"):
         conn.batch_exists([b"a"])
+    sock.close()
+
+
+def _reply_then_break_the_record_layer(tls: ssl.SSLSocket) -> None:
+    tls.sendall(b"$3\r\nabc\r\n")  # the first key's reply, then bytes outside TLS:
+    socket.socket.sendall(tls, b"\x17\x03\x03\x00\x20" + b"\x00" * 32)  # a forged record
+
+
+@pytest.mark.timeout(30)
+def test_tls_failure_mid_batch_is_a_tls_error_with_partial(tls_certs) -> None:
+    s = StallingTlsServer(tls_certs, then=_reply_then_break_the_record_layer)
+    try:
+        conn, sock = _tls_connection(s.port, tls_certs, timeout_s=5)
+        assert conn.execute("PING") == "PONG"
+        dests = [bytearray(8), bytearray(8)]
+        with pytest.raises(TlsError, match=f"127.0.0.1:{s.port}: TLS error: ") as info:
+            conn.batch_get_into([b"a", b"b"], dests)
+        assert info.value.partial == ([3, None], {}, {})
+        assert dests[0][:3] == b"abc"
+        assert conn.failed
+        with pytest.raises(TlsError):
+            conn.batch_exists([b"a"])
+        sock.close()
+    finally:
+        s.close()
 
 
 @pytest.mark.timeout(60)
 def test_abort_mid_transfer_reports_completed_keys_exactly(tls_server, tls_certs) -> None:
-    conn = _tls_connection(tls_server.tls_port, tls_certs, timeout_s=10)
+    conn, sock = _tls_connection(tls_server.tls_port, tls_certs, timeout_s=10)
     keys = [f"abort:{i}".encode() for i in range(32)]
     value = payload(4 * MiB, 11)
     conn.batch_set(keys, [value] * 32)
@@ -265,7 +292,7 @@ def test_abort_mid_transfer_reports_completed_keys_exactly(tls_server, tls_certs
             break
         finally:
             timer.join()
-    conn._sock.close()
+    sock.close()
     assert hits == 1
 
 
@@ -326,12 +353,13 @@ def _outcome(o: tuple[list[Any], dict[int, Any], dict[int, int]]) -> tuple[Any, 
 
 def test_parity_with_the_native_engine_on_random_batches(server, tls_server, tls_certs,
                                                          prefix) -> None:
-    """Same batches through the native engine (plain TCP, session server) and
-    TlsRespConnection (TLS redis-server): identical values, errors, sizes, bytes."""
+    """Same batches through the engine's fd transport (plain TCP, session
+    server) and its socket transport over TLS (TLS redis-server): identical
+    values, errors, sizes, bytes."""
     native = open_connection(ClientConfig.from_options(f"valkey://{server.host}:{server.port}"))
     tls = open_connection(ClientConfig.from_options(tls_server.url, tls_ca_file=tls_certs.ca))
-    assert isinstance(native.native, RespConnection)
-    assert isinstance(tls.native, TlsRespConnection)
+    assert native.native.transport == "fd"
+    assert tls.native.transport == "socket"
     try:
         for conn in (native, tls):  # a key of the wrong type for per-key errors
             conn.native.execute("DEL", prefix + "p0")

@@ -19,7 +19,7 @@ import socket
 import ssl
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -221,10 +221,12 @@ class StallingTlsServer:
     for one (only the timeout and abort tests use it). Each accepted
     connection is handshaken and then held open. With ``answer_ping`` it
     answers the first command with +PONG (the client's connect probe) and is
-    silent after that.
+    silent after that, or hands the connection to ``then(tls)`` once the next
+    command has arrived.
     """
 
-    def __init__(self, certs: Certs, *, answer_ping: bool = True) -> None:
+    def __init__(self, certs: Certs, *, answer_ping: bool = True,
+                 then: Callable[[ssl.SSLSocket], None] | None = None) -> None:
         import threading
 
         self._ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -234,6 +236,7 @@ class StallingTlsServer:
         self._held: list[socket.socket] = []
         self._closed = False
         self._answer_ping = answer_ping
+        self._then = then
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
 
@@ -249,6 +252,8 @@ class StallingTlsServer:
                 self._held.append(tls)
                 if self._answer_ping and tls.recv(4096):
                     tls.sendall(b"+PONG\r\n")
+                    if self._then is not None and tls.recv(4096):
+                        self._then(tls)
             except OSError:
                 conn.close()
 

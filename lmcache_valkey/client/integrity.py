@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..buffers import byte_segments
+from ..engine import Engine
 from ..errors import ConfigError, IntegrityError, ValkeyConnectionError
 from ..operations import GET, SET, Operation
 
@@ -154,7 +155,7 @@ class Checksum:
             too_large[i] = max(n - TRAILER_LEN, 0)
         return outcome
 
-    def run(self, native: Any, op: Operation, keys: list[bytes], buffers: list[Any],
+    def run(self, native: Engine, op: Operation, keys: list[bytes], buffers: list[Any],
             args: tuple[Any, ...]) -> Any:
         """Run a batch of `op` (GET or SET: the operations with buffers) on
         engine `native` with trailers added / checked
