@@ -9,7 +9,7 @@ from lmcache_valkey.errors import (ProtocolError, ServerReplyError, TlsError,
                                    ValkeyConnectionError, ValkeyTimeoutError)
 
 # The engine's OpKind codes by command, for the one table of operations
-# (lmcache_valkey/operations.py).
+# (lmcache_valkey/protocol/operations.py).
 OP_KINDS = {"GET": OP_GET, "SET": OP_SET, "EXISTS": OP_EXISTS, "DEL": OP_DEL,
             "PEXPIRE": OP_PEXPIRE}
 

@@ -27,7 +27,7 @@ import ssl
 from cpython.buffer cimport PyBUF_READ, PyBUF_WRITE
 from cpython.memoryview cimport PyMemoryView_FromMemory
 
-from lmcache_valkey.tls_transport import tls_reason
+from lmcache_valkey.protocol.tls_transport import tls_reason
 
 # SockTransport.send / recv results besides a byte count (recv: 0 is EOF).
 cdef enum:

@@ -18,7 +18,7 @@ from lmcache_valkey import ValkeyClient
 from lmcache_valkey.client.integrity import TRAILER_LEN, Checksum
 from lmcache_valkey.config import ClientConfig
 from lmcache_valkey.errors import ConfigError, IntegrityError, ValkeyConnectionError
-from lmcache_valkey.operations import GET
+from lmcache_valkey.protocol.operations import GET
 
 MiB = 1 << 20
 SIZES = [0, 1, 4 * MiB, 7 * MiB + 3]

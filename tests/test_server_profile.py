@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from lmcache_valkey.server_profile import (
+from lmcache_valkey.protocol.server_profile import (
     DEEP_INFLIGHT_BYTES,
     SHALLOW_INFLIGHT_BYTES,
     UNKNOWN,

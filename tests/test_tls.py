@@ -29,7 +29,7 @@ from lmcache_valkey import (
 )
 from lmcache_valkey._native import RespConnection
 from lmcache_valkey.config import ClientConfig
-from lmcache_valkey.connection import open_connection
+from lmcache_valkey.protocol.connection import open_connection
 
 MiB = 1 << 20
 

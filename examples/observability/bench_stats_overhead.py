@@ -22,7 +22,7 @@ import numpy as np
 
 from lmcache_valkey import ValkeyClient
 from lmcache_valkey.observability.stats import ClientStats
-from lmcache_valkey.operations import EXISTS, GET, SET, Operation
+from lmcache_valkey.protocol.operations import EXISTS, GET, SET, Operation
 from lmcache_valkey.server.embedded import url_or_embedded
 from lmcache_valkey.tools.bench import example_parser
 

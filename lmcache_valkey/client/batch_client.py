@@ -15,10 +15,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from ..buffers import Buffer, as_native_buffer
 from ..config import ClientConfig
 from ..errors import ClientClosedError, ConfigError
-from ..operations import DELETE, EXISTS, GET, SET, TOUCH, Operation
+from ..protocol.buffers import Buffer, as_native_buffer
+from ..protocol.operations import DELETE, EXISTS, GET, SET, TOUCH, Operation
 from .batch_result import BatchResult
 from .completion import CompletionQueue
 
@@ -67,7 +67,7 @@ class BatchClientBase:
                   buffers: Sequence[Buffer] | None = None, *,
                   completion: CompletionQueue | None = None,
                   token: Any = None) -> Future[BatchResult]:
-        """Start a batch of any operation (lmcache_valkey.operations); the
+        """Start a batch of any operation (lmcache_valkey.protocol.operations); the
         ``submit_*`` methods are its named forms."""
         bkeys, nbufs = self._prepare(keys, buffers)
         return self._start(op, bkeys, nbufs, completion, token)

@@ -32,10 +32,10 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from ..buffers import byte_segments
-from ..engine import Engine
 from ..errors import ConfigError, IntegrityError, ValkeyConnectionError
-from ..operations import GET, SET, Operation
+from ..protocol.buffers import byte_segments
+from ..protocol.engine import Engine
+from ..protocol.operations import GET, SET, Operation
 
 TRAILER = struct.Struct("<Q4s")
 TRAILER_LEN = TRAILER.size  # 12

@@ -20,7 +20,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from ..observability.stats import ClientStats
-from ..operations import Operation
+from ..protocol.operations import Operation
 from .batch_result import BatchResult, Outcome, merge_outcome, resolve
 from .completion import CompletionQueue
 

@@ -17,12 +17,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from ..buffers import Buffer, buffer_nbytes
 from ..config import ClientConfig
-from ..connection import Connection
 from ..errors import ClientClosedError, ConfigError, ServerReplyError, ValkeyConnectionError
 from ..observability.stats import ClientStats, StatsSnapshot
-from ..operations import Operation, run_batch
+from ..protocol.buffers import Buffer, buffer_nbytes
+from ..protocol.connection import Connection
+from ..protocol.operations import Operation, run_batch
 from ..server.embedded import EmbeddedValkey
 from .batch_client import BatchClientBase, Key
 from .batch_result import BatchResult, merge_outcome, resolve

@@ -18,7 +18,6 @@ from concurrent.futures import Future
 from typing import Any
 
 from ..config import ClientConfig
-from ..connection import Connection, open_connection
 from ..errors import (
     AuthenticationError,
     ClientClosedError,
@@ -26,8 +25,9 @@ from ..errors import (
     ValkeyError,
 )
 from ..observability.stats import ClientStats
-from ..operations import run_batch
-from ..server_profile import ServerProfile
+from ..protocol.connection import Connection, open_connection
+from ..protocol.operations import run_batch
+from ..protocol.server_profile import ServerProfile
 from .integrity import Checksum
 from .jobs import Tile
 

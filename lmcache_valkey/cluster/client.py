@@ -62,7 +62,7 @@ from ..errors import (
     ValkeyConnectionError,
 )
 from ..observability.stats import StatsSnapshot
-from ..operations import Operation
+from ..protocol.operations import Operation
 from .slots import key_slot
 from .topology import Addr, SlotMap, addr_text, fetch_slot_map
 

@@ -13,9 +13,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..config import ClientConfig
-from ..connection import open_connection
 from ..errors import ServerReplyError, ValkeyConnectionError, ValkeyError
-from ..server_profile import UNKNOWN
+from ..protocol.connection import open_connection
+from ..protocol.server_profile import UNKNOWN
 from .slots import NUM_SLOTS
 
 log = logging.getLogger(__name__)

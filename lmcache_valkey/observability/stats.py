@@ -47,7 +47,7 @@ from ..errors import (
     ValkeyConnectionError,
     ValkeyTimeoutError,
 )
-from ..operations import GET, OPERATIONS, SET, Operation
+from ..protocol.operations import GET, OPERATIONS, SET, Operation
 
 OPS = tuple(op.name for op in OPERATIONS)
 
@@ -112,7 +112,7 @@ class StatsSnapshot:
     connects: int = 0
     reconnects: int = 0       # connects that replaced a connection lost before
     connect_failures: int = 0
-    # What the last connect learned (lmcache_valkey.server_profile): the
+    # What the last connect learned (lmcache_valkey.protocol.server_profile): the
     # server, and the GET reply bytes each connection requests ahead there.
     server: str = ""
     get_inflight_bytes: int = 0
@@ -237,7 +237,7 @@ class ClientStats:
     def record_batch(self, op: Operation, result: list[Any], errors: dict[int, Any],
                      too_large: dict[int, int], exc: BaseException | None, seconds: float,
                      sizes: Sequence[int] | None) -> None:
-        """One finished batch of operation `op` (lmcache_valkey.operations):
+        """One finished batch of operation `op` (lmcache_valkey.protocol.operations):
         its per-key `result` (failed keys hold the failed value), per-key
         `errors` and `too_large`, the batch's exception if it failed, its
         latency, and (SET) the value size of each key."""

@@ -32,10 +32,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from ..buffers import as_native_buffer, buffer_nbytes
 from ..errors import partial_results
 from ..observability.ratelimited_log import RateLimitedLog
 from ..observability.server_stats import ServerFacts, server_stats
+from ..protocol.buffers import as_native_buffer, buffer_nbytes
 from ..tools.prefix_delete import delete_prefix
 from .config import HiCacheValkeyConfig
 from .keys import page_namespace

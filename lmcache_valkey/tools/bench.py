@@ -303,7 +303,7 @@ def _server_version(host: str | None, port: int | None, unix_path: str | None,
     """What the server says it is ("redis 7.0.15"), and the GET depth ours
     chose for it (server_profile.py)."""
     from ..client.factory import open_client
-    from ..server_profile import parse_info_server
+    from ..protocol.server_profile import parse_info_server
 
     url = direct_url or (f"unix://{unix_path}" if unix_path and not host
                           else f"valkey://{host}:{port}")

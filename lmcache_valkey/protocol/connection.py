@@ -15,10 +15,10 @@ import socket
 import ssl
 from typing import Any
 
-from ._native import RespConnection
-from .config import ClientConfig
+from .._native import RespConnection
+from ..config import ClientConfig
+from ..errors import AuthenticationError, ServerReplyError, TlsError, ValkeyConnectionError
 from .engine import Engine
-from .errors import AuthenticationError, ServerReplyError, TlsError, ValkeyConnectionError
 from .server_profile import ServerProfile, probe
 from .tls_transport import wrap_tls
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
-from ._native import OP_KINDS
+from .._native import OP_KINDS
 
 if TYPE_CHECKING:
-    from .client.integrity import Checksum
+    from ..client.integrity import Checksum
     from .engine import Engine
 
 
@@ -30,7 +30,7 @@ class Operation:
     command: str
     #: The engine's code for it (``OpKind`` in cython_ext/engine.pxi).
     code: int
-    #: The engine method that runs a batch of it (:class:`~lmcache_valkey.engine.Engine`).
+    #: The engine method that runs a batch of it (:class:`~lmcache_valkey.protocol.engine.Engine`).
     method: str
     #: What a key reads as when its batch failed before its reply.
     failed_value: Any

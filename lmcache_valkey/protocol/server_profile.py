@@ -37,8 +37,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from ..errors import ServerReplyError
 from .engine import Engine
-from .errors import ServerReplyError
 
 #: GET reply bytes requested ahead per connection, by how the server writes them.
 DEEP_INFLIGHT_BYTES = 64 * 1024 * 1024     # writes large replies from the value

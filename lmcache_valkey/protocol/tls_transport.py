@@ -18,12 +18,12 @@ from __future__ import annotations
 import ssl
 import typing
 
-from .errors import TlsError, ValkeyConnectionError
+from ..errors import TlsError, ValkeyConnectionError
 
 if typing.TYPE_CHECKING:
     import socket
 
-    from .config import ClientConfig
+    from ..config import ClientConfig
 
 
 def tls_context(config: ClientConfig) -> ssl.SSLContext:

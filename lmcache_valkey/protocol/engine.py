@@ -2,7 +2,7 @@
 
 There is one implementation, ``_native.RespConnection`` (cython_ext/): one
 reply parser, one set of limits and status codes, one meaning per reply for
-each operation (lmcache_valkey/operations.py names them). What varies is the
+each operation (lmcache_valkey/protocol/operations.py names them). What varies is the
 transport under it: system calls on the socket's fd (plain TCP, unix
 sockets), or a socket object's ``send``/``recv_into`` (``valkeys://``: an
 ``ssl.SSLSocket``, ``RespConnection.over_socket``). The connection, worker,
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Protocol
 
-from .errors import ServerReplyError
+from ..errors import ServerReplyError
 
 #: ``(values, errors by index, too-large sizes by index)``, see the module docstring.
 Outcome = tuple[list[Any], dict[int, ServerReplyError], dict[int, int]]

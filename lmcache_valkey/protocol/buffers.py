@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 Buffer = Any  # bytes-like, numpy array, torch CPU tensor, or a list of them (scatter)
 
