@@ -9,3 +9,7 @@ queue that asyncio and ``concurrent.futures`` wait on. ``integrity`` wraps
 values with checksums; ``factory.open_client`` picks the client for a URL;
 ``prefix_scan`` walks the keys under a prefix.
 """
+
+from .valkey_client import BatchResult, ValkeyClient
+
+__all__ = ["BatchResult", "ValkeyClient"]
