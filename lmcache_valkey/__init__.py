@@ -45,8 +45,8 @@ _MOVED = {
     "metrics": "observability.metrics", "ratelimited_log": "observability.ratelimited_log",
     "server_stats": "observability.server_stats", "stats": "observability.stats",
     "embedded": "server.embedded", "persistence": "server.persistence",
+    "prefix_delete": "client.prefix_delete",
     "bench": "tools.bench", "bench_peers": "tools.bench_peers", "cli": "tools.cli",
-    "prefix_delete": "tools.prefix_delete",
 }
 
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import pytest
 from shared_keyspace import other_consumers, snapshot
 
+from lmcache_valkey.client.prefix_delete import delete_prefix
 from lmcache_valkey.observability.server_stats import server_stats
 from lmcache_valkey.tools.cli import main as cli_main
-from lmcache_valkey.tools.prefix_delete import delete_prefix
 
 valkey = pytest.importorskip("valkey")
 

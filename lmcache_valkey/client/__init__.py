@@ -7,7 +7,8 @@ shares with the cluster client (key normalisation, submit, waiting);
 ``batch_result`` merges per-key outcomes, ``completion`` is the eventfd
 queue that asyncio and ``concurrent.futures`` wait on. ``integrity`` wraps
 values with checksums; ``factory.open_client`` picks the client for a URL;
-``prefix_scan`` walks the keys under a prefix.
+``prefix_scan`` walks the keys under a prefix, ``prefix_delete`` removes
+them (the ``delete-prefix`` command, SGLang's ``clear``).
 """
 
 from .valkey_client import BatchResult, ValkeyClient

@@ -2,7 +2,7 @@
 
 Everything that walks a prefix goes through :class:`PrefixScan`: the
 statistics (:mod:`~lmcache_valkey.observability.server_stats`), ``delete-prefix`` and
-SGLang's ``clear`` (:mod:`~lmcache_valkey.tools.prefix_delete`), the LMCache
+SGLang's ``clear`` (:mod:`~lmcache_valkey.client.prefix_delete`), the LMCache
 connector's ``list`` and the L2 adapter's paged ``list_l2_keys``. ``SCAN``
 never blocks the server the way ``KEYS`` does, and the prefix's glob
 characters are escaped, so ``kv:*`` means the literal prefix ``kv:*``.

@@ -32,11 +32,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+from ..client.prefix_delete import delete_prefix
 from ..errors import partial_results
 from ..observability.ratelimited_log import RateLimitedLog
 from ..observability.server_stats import ServerFacts, server_stats
 from ..protocol.buffers import as_native_buffer, buffer_nbytes
-from ..tools.prefix_delete import delete_prefix
 from .config import HiCacheValkeyConfig
 from .keys import page_namespace
 from .page_memory import PoolMemory, value_nbytes

@@ -218,9 +218,9 @@ def config_summary(config: dict[str, str]) -> str:
 
 def _delete_prefix(args: argparse.Namespace) -> int:
     from ..client.factory import open_client
+    from ..client.prefix_delete import delete_prefix, tqdm_progress
     from ..config import ClientConfig
     from ..errors import ConfigError
-    from .prefix_delete import delete_prefix, tqdm_progress
 
     config = ClientConfig.from_options(args.url)
     if config.embedded:

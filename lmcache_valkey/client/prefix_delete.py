@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..client.prefix_scan import PrefixScan
+from .prefix_scan import PrefixScan
 
 DEFAULT_BATCH = 500
 
