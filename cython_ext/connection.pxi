@@ -87,6 +87,9 @@ cdef class RespConnection(_Engine):
             if not isinstance(raised, Exception):   # KeyboardInterrupt: raise it, once
                 self.sock_io.err_exc = None
                 return raised
+        if self.signal_exc is not None:
+            raised, self.signal_exc = self.signal_exc, None   # KeyboardInterrupt, once
+            return raised
         if self.failure == F_TLS:
             return TlsError(f"{self.label}: TLS error: {self.sock_io.err_text}")
         if self.failure == F_TIMEOUT:

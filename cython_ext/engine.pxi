@@ -24,6 +24,9 @@
 # place of the fd's (transport.pxi): the `use_sock` branches below. There
 # every wait is a poll(), never the blocking body receive.
 
+from cpython.exc cimport PyErr_CheckSignals
+
+
 cdef enum OpKind:
     OP_GET = 1
     OP_SET = 2
@@ -55,6 +58,7 @@ cdef enum Failure:
     F_NOMEM = 5
     F_ABORTED = 6
     F_TLS = 7          # the socket transport's TLS layer failed (text in the transport)
+    F_SIGNAL = 8       # a signal handler raised (Ctrl-C) while the batch ran
 
 
 ctypedef struct Seg:
@@ -123,6 +127,7 @@ cdef class _Engine:
 
     cdef bint use_sock             # the socket-object transport, not the fd's calls
     cdef SockTransport sock_io
+    cdef object signal_exc         # what a signal handler raised (F_SIGNAL), raised once
 
     def __cinit__(self):
         self.fd = -1
@@ -187,6 +192,26 @@ cdef class _Engine:
                 self.failure = kind
                 self.fail_msg = msg
         return -1
+
+    cdef bint _signalled(self) noexcept nogil:
+        """After EINTR (or a blocking receive cut short): run Python's signal
+        handlers, as time.sleep does. A batch may run on the main thread (the
+        caller of a blocking call runs it, workers.py): Ctrl-C must stop it,
+        not wait for the batch to end. Elsewhere this is a no-op (CPython runs
+        handlers on the main thread only)."""
+        with gil:
+            try:
+                PyErr_CheckSignals()
+            except BaseException as e:
+                self.signal_exc = e
+                return True
+        return False
+
+    cdef inline int _eintr(self) noexcept nogil:
+        """0: retry the interrupted call; -1: a handler raised, the batch fails."""
+        if self._signalled():
+            return self._fail(F_SIGNAL, b"interrupted by a signal")
+        return 0
 
     # -- sending -----------------------------------------------------------
 
@@ -291,6 +316,8 @@ cdef class _Engine:
             if r >= 0:
                 break
             if errno == EINTR:
+                if self._eintr() < 0:
+                    return -1
                 continue
             if errno == EAGAIN or errno == EWOULDBLOCK:
                 return 0
@@ -391,6 +418,8 @@ cdef class _Engine:
             if r == 0:
                 return self._fail(F_EOF, b"connection closed by the server")
             if errno == EINTR:
+                if self._eintr() < 0:
+                    return -1
                 continue
             if errno == EAGAIN or errno == EWOULDBLOCK:
                 return 0
@@ -471,6 +500,8 @@ cdef class _Engine:
             if r == 0:
                 return self._fail(F_EOF, b"connection closed by the server mid-value")
             if errno == EINTR:
+                if self._eintr() < 0:
+                    return -1
                 continue
             if errno == EAGAIN or errno == EWOULDBLOCK:
                 if blocking:   # SO_RCVTIMEO ran out with nothing received
@@ -482,6 +513,9 @@ cdef class _Engine:
         else:
             self._advance_dest(op, into_dest)
             self.rlen = r - into_dest
+        # A signal cuts MSG_WAITALL short with the bytes so far, not EINTR.
+        if blocking and <size_t>r < into_dest and self._eintr() < 0:
+            return -1
         return 1
 
     cdef int _sock_recv_body(self, Op *op) noexcept nogil:
@@ -675,6 +709,8 @@ cdef class _Engine:
                 return self._fail(F_TIMEOUT, b"timed out waiting for the server")
             if errno != EINTR:
                 return self._fail(F_IO, b"poll failed")
+            if self._eintr() < 0:
+                return -1
 
     cdef int _fit_iovs(self, Op *ops, Py_ssize_t n) noexcept nogil:
         """Grow the iovec array so the op with the most segments fits in one

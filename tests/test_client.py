@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import selectors
+import threading
 
 import numpy as np
 import pytest
@@ -305,6 +306,34 @@ def test_tiled_across_connections_keeps_key_order(connect, prefix) -> None:
     result = c.batch_get_into(reversed_keys, dests[::-1])
     assert result == [v.size for v in values][::-1]
     assert all((d == v).all() for d, v in zip(dests, values, strict=True))
+
+
+def test_a_blocking_batch_runs_on_the_calling_thread(connect, prefix, monkeypatch) -> None:
+    """batch_* runs its first tile on the caller's thread over an idle
+    connection (no hand-off to a worker and back); the other tiles, and
+    every submitted batch, run on the workers."""
+    import lmcache_valkey.client.workers as workers
+
+    ran_on: list[str] = []
+    real = workers.run_batch
+
+    def spy(*args, **kwargs):
+        ran_on.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(workers, "run_batch", spy)
+    c = connect(key_prefix=prefix, num_connections=2)
+    me = threading.current_thread().name
+    assert c.batch_set(["small"], [b"x"]) == [True]
+    assert ran_on == [me]
+    ran_on.clear()
+    values = [payload(MiB, i) for i in range(16)]   # 16 MiB: two tiles
+    assert c.batch_set([f"big{i}" for i in range(16)], values) == [True] * 16
+    assert sorted(ran_on, key=lambda name: name != me)[0] == me and len(ran_on) == 2
+    assert ran_on[0] != ran_on[1]
+    ran_on.clear()
+    assert c.submit_batch_exists(["small"]).result(timeout=10) == [True]
+    assert ran_on[0].startswith("lmcache-valkey")
 
 
 def test_futures(client: ValkeyClient) -> None:

@@ -15,6 +15,7 @@ wait for one), so they are generous multiples of the configured timeout.
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 import time
 
@@ -231,3 +232,30 @@ def test_tls_link_stall_times_out_then_recovers(tls_certs, make_client) -> None:
             assert p.accepted == before + 1
     finally:
         server.close()
+
+
+def test_ctrl_c_stops_a_blocking_batch_on_a_stalled_link(proxy, make_client, value) -> None:
+    """A blocking call runs (part of) its batch on the calling thread. On a
+    stalled link with a long op_timeout_s, Ctrl-C raises KeyboardInterrupt
+    at once; the interrupted connection is replaced and the next batch runs."""
+    assert threading.current_thread() is threading.main_thread()
+    stored(make_client, proxy, value)  # the keys, through the proxy
+    slow = make_client(proxy.url, num_connections=1, op_timeout_s=60)
+    slow.connect()
+    before = proxy.accepted
+    dests = [np.zeros(VALUE, np.uint8) for _ in range(N_KEYS)]
+    proxy.set_mode(STALL)
+    timer = threading.Timer(0.3, signal.pthread_kill,
+                            (threading.main_thread().ident, signal.SIGINT))
+    timer.start()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            slow.batch_get_into(keys(), dests)
+    finally:
+        timer.cancel()
+    assert time.monotonic() - t0 < OP_TIMEOUT_S * SLACK
+    proxy.set_mode(PASS)
+    assert slow.batch_get_into(keys(), dests) == [VALUE] * N_KEYS
+    assert all((d == value).all() for d in dests)
+    assert proxy.accepted == before + 1, "the interrupted connection is replaced"

@@ -8,12 +8,15 @@ a real server cannot be told to do); the bytes are real RESP.
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 import time
 
 import pytest
 from resp_fuzz import TRANSPORTS, engine_on
+
+from lmcache_valkey import ValkeyConnectionError
 
 pytestmark = pytest.mark.engine
 
@@ -54,3 +57,51 @@ def test_other_threads_run_while_a_batch_waits(transport: str) -> None:
     assert values == [5] and dest == b"hello" and not errors
     # With the GIL held for 0.3 s the counter could not move at all.
     assert during > 10_000
+
+
+def _interrupt_main_after(delay_s: float) -> threading.Timer:
+    """SIGINT to the main thread after delay_s (Ctrl-C, as the kernel would
+    deliver it to a process running a blocking batch there)."""
+    timer = threading.Timer(delay_s, signal.pthread_kill,
+                            (threading.main_thread().ident, signal.SIGINT))
+    timer.start()
+    return timer
+
+
+@pytest.mark.parametrize("stage", ["waiting", "mid-body"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_ctrl_c_stops_a_batch_on_the_main_thread(transport: str, stage: str) -> None:
+    """A blocking call runs its batch on the caller's thread (workers.py);
+    Ctrl-C there must raise KeyboardInterrupt at once, not after the batch or
+    op_timeout_s, and leave the connection marked failed (half a reply is on
+    the wire). "mid-body": the server sent a header and part of the value,
+    so the fd transport is in its one blocking receive (MSG_WAITALL)."""
+    assert threading.current_thread() is threading.main_thread()
+    ours, theirs = socket.socketpair()
+    if transport == "socket":
+        ours.setblocking(False)
+    conn = engine_on(ours, transport, "socketpair", timeout_s=30)
+    dest = bytearray(1 << 20)
+
+    def answer_part() -> None:
+        theirs.recv(1 << 16)
+        if stage == "mid-body":
+            theirs.sendall(b"$1048576\r\n" + b"x" * 1000)
+
+    server = threading.Thread(target=answer_part)
+    server.start()
+    timer = _interrupt_main_after(0.3)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt) as ei:
+            conn.batch_get_into([b"k"], [dest])
+        assert time.monotonic() - t0 < 5
+        assert ei.value.partial[0] == [None]   # nothing reported done
+        assert conn.failed
+        with pytest.raises(ValkeyConnectionError, match="interrupted by a signal"):
+            conn.batch_get_into([b"k"], [dest])
+    finally:
+        timer.cancel()
+        server.join()
+        ours.close()
+        theirs.close()

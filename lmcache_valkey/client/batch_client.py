@@ -55,9 +55,12 @@ class BatchClientBase:
     _own_prefix = b""
 
     def _start(self, op: Operation, keys: list[bytes], buffers: list[Any] | None,
-               completion: CompletionQueue | None, token: Any) -> Future[BatchResult]:
+               completion: CompletionQueue | None, token: Any,
+               caller_waits: bool = False) -> Future[BatchResult]:
         """Run a prepared batch (keys with this client's own prefix, buffers
-        as the engine pins them)."""
+        as the engine pins them). ``caller_waits``: the calling thread
+        blocks on the future right after, so it may run part of the batch
+        itself (a client that can't ignores it)."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -107,8 +110,11 @@ class BatchClientBase:
         TTL, each key found also gets its full TTL again (``PEXPIRE``, same
         single round trip), so it cannot expire between a lookup and the
         load that follows it."""
-        op = TOUCH if refresh_ttl and self.config.ttl_ms > 0 else EXISTS
-        return self.submit_op(op, keys, None, completion=completion, token=token)
+        return self.submit_op(self._exists_op(refresh_ttl), keys, None,
+                              completion=completion, token=token)
+
+    def _exists_op(self, refresh_ttl: bool) -> Operation:
+        return TOUCH if refresh_ttl and self.config.ttl_ms > 0 else EXISTS
 
     def submit_batch_delete(self, keys: Sequence[Key], *,
                             completion: CompletionQueue | None = None,
@@ -117,21 +123,30 @@ class BatchClientBase:
 
     # -- blocking ----------------------------------------------------------
 
+    # The calling thread would only wait, so it runs a part of the batch
+    # itself on an idle connection (workers.py): no hand-off to a worker
+    # thread and back, ~0.1 ms a batch here, a fifth of a 2 MiB batch.
+
+    def _run_here(self, op: Operation, keys: Sequence[Key],
+                  buffers: Sequence[Buffer] | None = None) -> BatchResult:
+        bkeys, nbufs = self._prepare(keys, buffers)
+        return self._start(op, bkeys, nbufs, None, None, caller_waits=True).result()
+
     def batch_get_into(self, keys: Sequence[Key], buffers: Sequence[Buffer]) -> BatchResult:
         """Bytes written per key; ``None`` for a miss, an error, or a value
         that does not fit its buffer (see ``errors`` / ``too_large``)."""
-        return self.submit_batch_get_into(keys, buffers).result()
+        return self._run_here(GET, keys, buffers)
 
     def batch_set(self, keys: Sequence[Key], buffers: Sequence[Buffer]) -> BatchResult:
         """``True`` per stored key (with the configured TTL)."""
-        return self.submit_batch_set(keys, buffers).result()
+        return self._run_here(SET, keys, buffers)
 
     def batch_exists(self, keys: Sequence[Key], *, refresh_ttl: bool = False) -> BatchResult:
-        return self.submit_batch_exists(keys, refresh_ttl=refresh_ttl).result()
+        return self._run_here(self._exists_op(refresh_ttl), keys)
 
     def batch_delete(self, keys: Sequence[Key]) -> BatchResult:
         """Number of keys removed per key (1 or 0)."""
-        return self.submit_batch_delete(keys).result()
+        return self._run_here(DELETE, keys)
 
     # -- asyncio -----------------------------------------------------------
 

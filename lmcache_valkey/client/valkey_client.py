@@ -36,8 +36,12 @@ __all__ = ["BatchClientBase", "BatchResult", "Key", "ValkeyClient", "resolve"]
 
 log = logging.getLogger(__name__)
 
-# Below these sizes a batch is not worth splitting across threads.
-_MIN_TILE_BYTES = 256 * 1024
+# Below these sizes a batch is not worth splitting across connections: a
+# 4 MiB tile moves in ~1-2 ms here, and a second thread's hand-off and its
+# contention for the cores (with the server's) cost more than the overlap
+# gains (32 x 64 KiB GET/SET, one tile against two, 2 cores: 8-20 % faster
+# on Valkey 9.1, Valkey 8.1 and Redis 7.0).
+_MIN_TILE_BYTES = 4 * 1024 * 1024
 _MIN_TILE_KEYS = 64
 
 
@@ -100,7 +104,8 @@ class ValkeyClient(BatchClientBase):
     # -- batches -----------------------------------------------------------
 
     def _start(self, op: Operation, bkeys: list[bytes], nbufs: list[Any] | None,
-               completion: CompletionQueue | None, token: Any) -> Future[BatchResult]:
+               completion: CompletionQueue | None, token: Any,
+               caller_waits: bool = False) -> Future[BatchResult]:
         if nbufs is not None:
             sizes = [buffer_nbytes(b) for b in nbufs]
             parts = min(len(self._workers), max(1, sum(sizes) // _MIN_TILE_BYTES))
@@ -116,7 +121,7 @@ class ValkeyClient(BatchClientBase):
         args = op.args(self._ttl_ms)
         self._workers.submit_tiles([
             Tile(job, a, bkeys[a:b], None if nbufs is None else nbufs[a:b], args)
-            for a, b in ranges])
+            for a, b in ranges], caller_waits)
         return job.future
 
     def submit_asking(self, op: Operation, keys: Sequence[Key],

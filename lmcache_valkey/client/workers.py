@@ -63,11 +63,20 @@ class Workers:
         """The next worker in turn."""
         return self._all[next(self._next) % len(self._all)]
 
-    def submit_tiles(self, tiles: list[Tile]) -> None:
-        """One tile per worker, starting at the next one in turn."""
+    def submit_tiles(self, tiles: list[Tile], caller_waits: bool = False) -> None:
+        """One tile per worker, starting at the next one in turn. With
+        ``caller_waits`` (a blocking call) this thread runs the first tile
+        itself on an idle worker's connection, after queueing the others."""
         first = next(self._next)
-        for j, tile in enumerate(tiles):
-            self._all[(first + j) % len(self._all)].submit(tile)
+        order = [self._all[(first + j) % len(self._all)] for j in range(len(self._all))]
+        here = next((w for w in order if w.claim()), None) if caller_waits else None
+        if here is not None:
+            order.remove(here)
+            tiles, mine = tiles[1:], tiles[0]
+        for worker, tile in zip(order, tiles):  # never more tiles than workers
+            worker.submit(tile)
+        if here is not None:
+            here.run_claimed(mine)
 
     def close(self) -> None:
         """Stop every worker: a running batch fails, queued ones fail with
@@ -82,6 +91,10 @@ class Workers:
 
 class Worker:
     """One connection and the thread that drives it.
+
+    The connection is used by one thread at a time, under ``_busy``: the
+    worker's own, or a caller's that found it idle (:meth:`claim`) and runs
+    its blocking batch here instead of waiting for a hand-off.
 
     A broken connection is dropped; the next tile reconnects. Failed connect
     attempts back off exponentially; during a back-off window tiles fail at
@@ -100,12 +113,30 @@ class Worker:
         self._last_error_type: type[ValkeyError] = ValkeyConnectionError
         self._failed_epoch = -1
         self._connects = 0
+        self._busy = threading.Lock()
         self._thread = threading.Thread(
             target=self._loop, name=f"lmcache-valkey-{index}", daemon=True)
         self._thread.start()
 
     def submit(self, item: Tile | Callable[[], None] | None) -> None:
         self._queue.put(item)
+
+    def claim(self) -> bool:
+        """Take the connection for the calling thread, if nothing is running
+        or queued on it; :meth:`run_claimed` gives it back."""
+        if not self._queue.empty() or not self._busy.acquire(blocking=False):
+            return False
+        if self._queue.empty():
+            return True
+        self._busy.release()  # work arrived meanwhile: it goes first
+        return False
+
+    def run_claimed(self, tile: Tile) -> None:
+        """Run `tile` on this thread (after :meth:`claim`)."""
+        try:
+            self._run(tile)
+        finally:
+            self._busy.release()
 
     def abort(self) -> None:
         conn = self._conn
@@ -117,7 +148,7 @@ class Worker:
 
     def _connection(self) -> Connection:
         if self._conn is not None:
-            if not self._conn.closed_while_idle():
+            if not self._conn.native.failed and not self._conn.closed_while_idle():
                 return self._conn
             # Replace it before the batch instead of failing the batch on it.
             self._drop_connection()
@@ -168,13 +199,14 @@ class Worker:
     def _loop(self) -> None:
         while True:
             item = self._queue.get()
-            if item is None:
-                self._drop_connection()
-                return
-            if not isinstance(item, Tile):
-                item()  # control callables (run on this thread, e.g. execute)
-                continue
-            self._run(item)
+            with self._busy:
+                if item is None:
+                    self._drop_connection()
+                    return
+                if isinstance(item, Tile):
+                    self._run(item)
+                else:
+                    item()  # control callables (run on this thread, e.g. execute)
             del item  # do not pin the tile's buffers while idle
 
     def _run(self, tile: Tile) -> None:
@@ -192,6 +224,8 @@ class Worker:
                 tile.done(e.partial, e)
         except BaseException as e:  # misuse (bad buffer), out of memory: fail the batch
             tile.done(None, e)
+            if not isinstance(e, Exception) and threading.current_thread() is not self._thread:
+                raise  # Ctrl-C in a caller running its batch here: stop, don't wait on
         else:
             tile.done(outcome, None)
 

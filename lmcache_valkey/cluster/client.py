@@ -387,7 +387,10 @@ class ValkeyClusterClient(BatchClientBase):
     # -- batches ----------------------------------------------------------------
 
     def _start(self, op: Operation, bkeys: list[bytes], nbufs: list[Any] | None,
-               completion: CompletionQueue | None, token: Any) -> Future[BatchResult]:
+               completion: CompletionQueue | None, token: Any,
+               caller_waits: bool = False) -> Future[BatchResult]:
+        # caller_waits is ignored: the nodes' parts run on their clients'
+        # workers, and redirections are followed from their completions.
         prefix = self._prefix
         slots = [key_slot(prefix + k) for k in bkeys]
         job = _ClusterJob(self, op, bkeys, slots, nbufs, completion, token)
