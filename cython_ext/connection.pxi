@@ -201,7 +201,7 @@ cdef class RespConnection(_Engine):
         with nogil:
             rc = 0
             while self.iov_pos < self.iov_count and rc >= 0:
-                rc = self._send_some()
+                rc = self._send_some(False)
                 if rc == 0:
                     rc = self._wait(True)
         if rc < 0:
@@ -216,7 +216,7 @@ cdef class RespConnection(_Engine):
         cdef int r
         with nogil:
             while True:
-                r = self._recv_some()
+                r = self._recv_some(False)
                 if r != 0:
                     break
                 if self._wait(False) < 0:

@@ -177,7 +177,8 @@ cdef class _Engine:
         if self.fd_blocking:
             tv.tv_sec = self.timeout_ms // 1000 if self.timeout_ms > 0 else 0
             tv.tv_usec = (self.timeout_ms % 1000) * 1000 if self.timeout_ms > 0 else 0
-            if setsockopt(self.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0:
+            if (setsockopt(self.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0 or
+                    setsockopt(self.fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0):
                 self.fd_blocking = False  # not a socket we may block on: poll instead
 
     # -- failure -----------------------------------------------------------
@@ -298,12 +299,19 @@ cdef class _Engine:
             self.next_encode += 1
         return 0
 
-    cdef int _send_some(self) noexcept nogil:
-        """One sendmsg of the unsent part of the window.
+    cdef int _send_some(self, bint may_block) noexcept nogil:
+        """One sendmsg of the unsent part of the window. With `may_block`
+        (a SET batch: its replies are a few bytes each, nothing to read
+        meanwhile) on a blocking fd, the call waits for room in the kernel
+        and sends it all, bounded by SO_SNDTIMEO, as LMCache's client's
+        writev does.
         Returns 1 (bytes went out), 0 (socket full) or -1 (failed)."""
         cdef msghdr msg
         cdef ssize_t r
+        cdef size_t want = 0
         cdef int cnt = self.iov_count - self.iov_pos
+        cdef int k
+        cdef bint blocking = may_block and self.fd_blocking
         if self.use_sock:
             return self._sock_send_some()
         if cnt > LMV_IOV_MAX:
@@ -311,8 +319,11 @@ cdef class _Engine:
         memset(&msg, 0, sizeof(msg))
         msg.msg_iov = &self.iov[self.iov_pos]
         msg.msg_iovlen = cnt
+        if blocking:
+            for k in range(cnt):
+                want += msg.msg_iov[k].iov_len
         while True:
-            r = sendmsg(self.fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT)
+            r = sendmsg(self.fd, &msg, MSG_NOSIGNAL | (0 if blocking else MSG_DONTWAIT))
             if r >= 0:
                 break
             if errno == EINTR:
@@ -320,9 +331,14 @@ cdef class _Engine:
                     return -1
                 continue
             if errno == EAGAIN or errno == EWOULDBLOCK:
+                if blocking:   # SO_SNDTIMEO ran out with nothing sent
+                    return self._fail(F_TIMEOUT, b"timed out sending to the server")
                 return 0
             return self._fail(F_IO, b"send failed")
         self._sent(r)
+        # A signal (or SO_SNDTIMEO) cuts a blocking send short, not EINTR.
+        if blocking and <size_t>r < want and self._eintr() < 0:
+            return -1
         return 1
 
     cdef int _sock_send_some(self) noexcept nogil:
@@ -386,8 +402,11 @@ cdef class _Engine:
 
     # -- receiving ---------------------------------------------------------
 
-    cdef int _recv_some(self) noexcept nogil:
-        """Append to the receive buffer. Returns 1, 0 (nothing yet) or -1."""
+    cdef int _recv_some(self, bint may_block) noexcept nogil:
+        """Append to the receive buffer. Returns 1, 0 (nothing yet) or -1.
+        With `may_block` (nothing to send meanwhile) on a blocking fd, wait
+        in the kernel for the bytes (bounded by SO_RCVTIMEO) instead of an
+        EAGAIN, a poll() and a second recv per reply."""
         cdef ssize_t r
         cdef size_t live = self.rlen - self.rpos
         if live == 0:
@@ -411,7 +430,8 @@ cdef class _Engine:
                 return 0
             return self._sock_failed(b"receive failed")
         while True:
-            r = recv(self.fd, self.rbuf + self.rlen, self.rcap - self.rlen, MSG_DONTWAIT)
+            r = recv(self.fd, self.rbuf + self.rlen, self.rcap - self.rlen,
+                     0 if may_block and self.fd_blocking else MSG_DONTWAIT)
             if r > 0:
                 self.rlen += r
                 return 1
@@ -422,6 +442,8 @@ cdef class _Engine:
                     return -1
                 continue
             if errno == EAGAIN or errno == EWOULDBLOCK:
+                if may_block and self.fd_blocking:   # SO_RCVTIMEO ran out
+                    return self._fail(F_TIMEOUT, b"timed out waiting for the server")
                 return 0
             return self._fail(F_IO, b"receive failed")
 
@@ -625,7 +647,7 @@ cdef class _Engine:
                     self.fail_byte = self.rbuf[self.rpos]
                     return self._fail(F_PROTOCOL, err)
                 if st == PARSE_NEED_MORE:
-                    r = self._recv_some()
+                    r = self._recv_some(self._set_waits_for_replies(kind, ops, n))
                     if r <= 0:
                         return r
                     progressed[0] = True
@@ -639,8 +661,7 @@ cdef class _Engine:
                     self.rstate = RS_CRLF
                     continue
                 # Nothing unsent and no room to send more: wait in the kernel.
-                r = self._recv_body(op, self.iov_pos == self.iov_count and
-                                    (self.next_encode == n or not self._room_for_next(ops, n)))
+                r = self._recv_body(op, self._only_replies_left(kind, ops, n))
                 if r <= 0:
                     return r
                 progressed[0] = True
@@ -653,13 +674,13 @@ cdef class _Engine:
                 if self.body_left == 0:
                     self.rstate = RS_CRLF
                     continue
-                r = self._recv_some()
+                r = self._recv_some(self._set_waits_for_replies(kind, ops, n))
                 if r <= 0:
                     return r
                 progressed[0] = True
             else:  # RS_CRLF
                 if self.rlen - self.rpos < 2:
-                    r = self._recv_some()
+                    r = self._recv_some(self._set_waits_for_replies(kind, ops, n))
                     if r <= 0:
                         return r
                     progressed[0] = True
@@ -681,6 +702,27 @@ cdef class _Engine:
                     progressed[0] = True
                     return 0
         return 0
+
+    cdef inline bint _only_replies_left(self, int kind, Op *ops, Py_ssize_t n) noexcept nogil:
+        """Is waiting for a reply all there is to do? Nothing unsent, and the
+        next command (if any) held back by the in-flight limit until a reply
+        comes. Then a receive may block in the kernel."""
+        if self.iov_pos != self.iov_count:
+            return False
+        if self.next_encode == n:
+            return True
+        if kind != OP_GET and kind != OP_SET:
+            return False   # no in-flight limit: the next window goes out first
+        return (self.inflight_bytes > 0 and
+                self.inflight_bytes + ops[self.next_encode].cap > self._inflight_limit(kind))
+
+    cdef inline bint _set_waits_for_replies(self, int kind, Op *ops, Py_ssize_t n) noexcept nogil:
+        """A SET batch with only replies to wait for reads them blocking (as
+        LMCache's client does): per large SET, one recv instead of recv +
+        EAGAIN + poll + recv (32 x 4 MiB SETs: 2-7 % faster on Valkey 9.1,
+        Valkey 8.1 and Redis 7.0). GET header reads stay non-blocking: there
+        it made no difference, or cost a few per cent (Redis 7.0)."""
+        return kind == OP_SET and self._only_replies_left(kind, ops, n)
 
     cdef inline bint _room_for_next(self, Op *ops, Py_ssize_t n) noexcept nogil:
         """Would the in-flight limit let the next GET go out now?"""
@@ -753,7 +795,7 @@ cdef class _Engine:
                 if self._encode_window(kind, ops, n, ttl_ms) < 0:
                     return -1
             if self.iov_pos < self.iov_count:
-                r = self._send_some()
+                r = self._send_some(kind == OP_SET)
                 if r < 0:
                     return -1
                 if r > 0:

@@ -35,6 +35,7 @@ cdef extern from "<sys/socket.h>" nogil:
     int setsockopt(int fd, int level, int optname, const void *optval, unsigned int optlen)
     int SOL_SOCKET
     int SO_RCVTIMEO
+    int SO_SNDTIMEO
     int MSG_WAITALL
     int shutdown(int fd, int how)
     int SHUT_RDWR

@@ -68,14 +68,16 @@ def _interrupt_main_after(delay_s: float) -> threading.Timer:
     return timer
 
 
-@pytest.mark.parametrize("stage", ["waiting", "mid-body"])
+@pytest.mark.parametrize("stage", ["waiting", "mid-body", "sending"])
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_ctrl_c_stops_a_batch_on_the_main_thread(transport: str, stage: str) -> None:
     """A blocking call runs its batch on the caller's thread (workers.py);
     Ctrl-C there must raise KeyboardInterrupt at once, not after the batch or
     op_timeout_s, and leave the connection marked failed (half a reply is on
     the wire). "mid-body": the server sent a header and part of the value,
-    so the fd transport is in its one blocking receive (MSG_WAITALL)."""
+    so the fd transport is in its one blocking receive (MSG_WAITALL).
+    "sending": a SET whose value the server does not read, so the fd
+    transport is in a blocking sendmsg."""
     assert threading.current_thread() is threading.main_thread()
     ours, theirs = socket.socketpair()
     if transport == "socket":
@@ -84,6 +86,8 @@ def test_ctrl_c_stops_a_batch_on_the_main_thread(transport: str, stage: str) -> 
     dest = bytearray(1 << 20)
 
     def answer_part() -> None:
+        if stage == "sending":
+            return   # reads nothing: the client's send fills the socket and waits
         theirs.recv(1 << 16)
         if stage == "mid-body":
             theirs.sendall(b"$1048576\r\n" + b"x" * 1000)
@@ -94,9 +98,12 @@ def test_ctrl_c_stops_a_batch_on_the_main_thread(transport: str, stage: str) -> 
     t0 = time.monotonic()
     try:
         with pytest.raises(KeyboardInterrupt) as ei:
-            conn.batch_get_into([b"k"], [dest])
+            if stage == "sending":
+                conn.batch_set([b"k"], [bytearray(32 << 20)])
+            else:
+                conn.batch_get_into([b"k"], [dest])
         assert time.monotonic() - t0 < 5
-        assert ei.value.partial[0] == [None]   # nothing reported done
+        assert ei.value.partial[0] == [False if stage == "sending" else None]  # none done
         assert conn.failed
         with pytest.raises(ValkeyConnectionError, match="interrupted by a signal"):
             conn.batch_get_into([b"k"], [dest])

@@ -73,7 +73,7 @@ class Workers:
         if here is not None:
             order.remove(here)
             tiles, mine = tiles[1:], tiles[0]
-        for worker, tile in zip(order, tiles):  # never more tiles than workers
+        for worker, tile in zip(order, tiles, strict=False):  # tiles <= workers
             worker.submit(tile)
         if here is not None:
             here.run_claimed(mine)
