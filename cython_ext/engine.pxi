@@ -194,23 +194,19 @@ cdef class _Engine:
                 self.fail_msg = msg
         return -1
 
-    cdef bint _signalled(self) noexcept nogil:
-        """After EINTR (or a blocking receive cut short): run Python's signal
+    cdef int _eintr(self) noexcept nogil:
+        """After EINTR (or a blocking call cut short): run Python's signal
         handlers, as time.sleep does. A batch may run on the main thread (the
         caller of a blocking call runs it, workers.py): Ctrl-C must stop it,
         not wait for the batch to end. Elsewhere this is a no-op (CPython runs
-        handlers on the main thread only)."""
+        handlers on the main thread only).
+        0: retry the interrupted call; -1: a handler raised, the batch fails."""
         with gil:
             try:
                 PyErr_CheckSignals()
             except BaseException as e:
                 self.signal_exc = e
-                return True
-        return False
-
-    cdef inline int _eintr(self) noexcept nogil:
-        """0: retry the interrupted call; -1: a handler raised, the batch fails."""
-        if self._signalled():
+        if self.signal_exc is not None:
             return self._fail(F_SIGNAL, b"interrupted by a signal")
         return 0
 
@@ -308,9 +304,8 @@ cdef class _Engine:
         Returns 1 (bytes went out), 0 (socket full) or -1 (failed)."""
         cdef msghdr msg
         cdef ssize_t r
-        cdef size_t want = 0
         cdef int cnt = self.iov_count - self.iov_pos
-        cdef int k
+        cdef int end
         cdef bint blocking = may_block and self.fd_blocking
         if self.use_sock:
             return self._sock_send_some()
@@ -319,9 +314,7 @@ cdef class _Engine:
         memset(&msg, 0, sizeof(msg))
         msg.msg_iov = &self.iov[self.iov_pos]
         msg.msg_iovlen = cnt
-        if blocking:
-            for k in range(cnt):
-                want += msg.msg_iov[k].iov_len
+        end = self.iov_pos + cnt
         while True:
             r = sendmsg(self.fd, &msg, MSG_NOSIGNAL | (0 if blocking else MSG_DONTWAIT))
             if r >= 0:
@@ -337,7 +330,7 @@ cdef class _Engine:
             return self._fail(F_IO, b"send failed")
         self._sent(r)
         # A signal (or SO_SNDTIMEO) cuts a blocking send short, not EINTR.
-        if blocking and <size_t>r < want and self._eintr() < 0:
+        if blocking and self.iov_pos < end and self._eintr() < 0:
             return -1
         return 1
 
@@ -698,7 +691,7 @@ cdef class _Engine:
                 # half the GET throughput (4096 x 1 KiB); it reads what has
                 # arrived first, then sends the next window in one record.
                 if (kind == OP_GET and not self.use_sock and self.iov_pos == self.iov_count and
-                        self.next_encode < n and self._room_for_next(ops, n)):
+                        self.next_encode < n and self._room_for_next(kind, ops)):
                     progressed[0] = True
                     return 0
         return 0
@@ -713,8 +706,7 @@ cdef class _Engine:
             return True
         if kind != OP_GET and kind != OP_SET:
             return False   # no in-flight limit: the next window goes out first
-        return (self.inflight_bytes > 0 and
-                self.inflight_bytes + ops[self.next_encode].cap > self._inflight_limit(kind))
+        return not self._room_for_next(kind, ops)
 
     cdef inline bint _set_waits_for_replies(self, int kind, Op *ops, Py_ssize_t n) noexcept nogil:
         """A SET batch with only replies to wait for reads them blocking (as
@@ -724,10 +716,10 @@ cdef class _Engine:
         it made no difference, or cost a few per cent (Redis 7.0)."""
         return kind == OP_SET and self._only_replies_left(kind, ops, n)
 
-    cdef inline bint _room_for_next(self, Op *ops, Py_ssize_t n) noexcept nogil:
-        """Would the in-flight limit let the next GET go out now?"""
+    cdef inline bint _room_for_next(self, int kind, Op *ops) noexcept nogil:
+        """Would the in-flight limit let the next GET / SET go out now?"""
         return (self.inflight_bytes == 0 or
-                self.inflight_bytes + ops[self.next_encode].cap <= self.max_inflight_bytes)
+                self.inflight_bytes + ops[self.next_encode].cap <= self._inflight_limit(kind))
 
     # -- the loop ----------------------------------------------------------
 
