@@ -413,10 +413,14 @@ def test_get_depth_is_chosen_per_server_and_shown(server_kind, connect, prefix) 
     snap = c.stats()
     assert snap.get_inflight_bytes == expected
     assert snap.server.startswith(f"{name} {server_kind[-1]}.")
-    assert f"get_inflight_bytes={expected}" in repr(c) and snap.server in repr(c)
-    assert "GET replies in flight per connection" in str(snap)
+    assert snap.set_inflight_bytes == 8 << 20   # the same on every server
+    assert f"get_inflight_bytes={expected}, set_inflight_bytes={8 << 20}" in repr(c)
+    assert snap.server in repr(c)
+    assert "in flight per connection: GET replies" in str(snap)
+    assert "SET values 8.0 MiB" in str(snap)
     fixed = connect(key_prefix=prefix, max_inflight_bytes=3 << 20)
-    assert fixed.ping() and fixed.stats().get_inflight_bytes == 3 << 20
+    assert fixed.ping()
+    assert fixed.stats().get_inflight_bytes == fixed.stats().set_inflight_bytes == 3 << 20
     # Any depth moves the same bytes: values larger than the budget, mixed sizes.
     values = [payload(s, seed=s) for s in (5 << 20, 10, 70_000, (2 << 20) + 1)]
     keys = [f"d{i}" for i in range(len(values))]

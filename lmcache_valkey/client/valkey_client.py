@@ -83,9 +83,10 @@ class ValkeyClient(BatchClientBase):
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         snap = self._stats.snapshot(self.config.endpoint)
-        # The per-server GET depth (server_profile.py), once a connect learned it.
-        server = f", server={snap.server!r}, get_inflight_bytes={snap.get_inflight_bytes}" \
-            if snap.server else ""
+        # The per-server GET and SET depths (server_profile.py), once a connect
+        # learned them.
+        server = (f", server={snap.server!r}, get_inflight_bytes={snap.get_inflight_bytes}, "
+                  f"set_inflight_bytes={snap.set_inflight_bytes}") if snap.server else ""
         return (f"ValkeyClient({self.config.redacted_url()}, key_prefix={self._own_prefix!r}, "
                 f"ttl_s={self.config.ttl_s}, num_connections={self.config.num_connections}"
                 f"{server}, {state})")

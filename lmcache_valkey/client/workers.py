@@ -185,7 +185,8 @@ class Worker:
             raise
         shared.stats.record_connect(reconnect=self._connects > 0,
                                     server=str(self._conn.profile),
-                                    inflight_bytes=self._conn.inflight_bytes)
+                                    inflight_bytes=self._conn.inflight_bytes,
+                                    set_inflight_bytes=self._conn.set_inflight_bytes)
         self._connects += 1
         self._backoff = 0.0
         shared.connect_epoch += 1

@@ -113,9 +113,11 @@ class StatsSnapshot:
     reconnects: int = 0       # connects that replaced a connection lost before
     connect_failures: int = 0
     # What the last connect learned (lmcache_valkey.protocol.server_profile): the
-    # server, and the GET reply bytes each connection requests ahead there.
+    # server, the GET reply bytes each connection requests ahead there, and
+    # the SET value bytes it sends ahead of their +OK.
     server: str = ""
     get_inflight_bytes: int = 0
+    set_inflight_bytes: int = 0
     cluster: dict[str, int] = dataclasses.field(default_factory=dict)
     nodes: dict[str, StatsSnapshot] = dataclasses.field(default_factory=dict)
 
@@ -196,8 +198,9 @@ class StatsSnapshot:
         lines.append(f"  connections: {self.connects} connects, {self.reconnects} reconnects, "
                      f"{self.connect_failures} failed connects")
         if self.server:
-            lines.append(f"  server: {self.server}; GET replies in flight per connection: "
-                         f"{format_bytes(self.get_inflight_bytes)}")
+            lines.append(f"  server: {self.server}; in flight per connection: GET replies "
+                         f"{format_bytes(self.get_inflight_bytes)}, SET values "
+                         f"{format_bytes(self.set_inflight_bytes)}")
         if self.cluster:
             lines.append("  cluster: " + ", ".join(f"{k} {v}" for k, v in self.cluster.items()))
         return "\n".join(lines)
@@ -232,6 +235,7 @@ class ClientStats:
         self._reconnects = 0
         self._server = ""
         self._inflight_bytes = 0
+        self._set_inflight_bytes = 0
         self._connect_failures = 0
 
     def record_batch(self, op: Operation, result: list[Any], errors: dict[int, Any],
@@ -281,11 +285,13 @@ class ClientStats:
             if exc_kind is not None:
                 c.batch_errors[exc_kind] = c.batch_errors.get(exc_kind, 0) + 1
 
-    def record_connect(self, reconnect: bool, server: str = "", inflight_bytes: int = 0) -> None:
+    def record_connect(self, reconnect: bool, server: str = "", inflight_bytes: int = 0,
+                       set_inflight_bytes: int = 0) -> None:
         with self._lock:
             self._connects += 1
             self._reconnects += reconnect
             self._server, self._inflight_bytes = server, inflight_bytes
+            self._set_inflight_bytes = set_inflight_bytes
 
     def record_connect_failure(self) -> None:
         with self._lock:
@@ -295,7 +301,7 @@ class ClientStats:
         with self._lock:
             return StatsSnapshot(endpoint, {op: c.frozen() for op, c in self._ops.items()},
                                  self._connects, self._reconnects, self._connect_failures,
-                                 self._server, self._inflight_bytes)
+                                 self._server, self._inflight_bytes, self._set_inflight_bytes)
 
 
 def format_bytes(n: float) -> str:

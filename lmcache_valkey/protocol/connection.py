@@ -27,15 +27,17 @@ class Connection:
     """A connected, authenticated socket and its engine (a RespConnection on
     the fd, or over the ``ssl.SSLSocket`` with TLS)."""
 
-    __slots__ = ("sock", "native", "endpoint", "profile", "inflight_bytes", "_poll")
+    __slots__ = ("sock", "native", "endpoint", "profile", "inflight_bytes", "set_inflight_bytes",
+                 "_poll")
 
     def __init__(self, sock: socket.socket, native: Engine, endpoint: str,
-                 profile: ServerProfile, inflight_bytes: int) -> None:
+                 profile: ServerProfile, inflight_bytes: int, set_inflight_bytes: int) -> None:
         self.sock = sock
         self.native = native
         self.endpoint = endpoint
         self.profile = profile                # what INFO server said (server_profile.py)
         self.inflight_bytes = inflight_bytes  # GET reply bytes requested ahead
+        self.set_inflight_bytes = set_inflight_bytes  # SET value bytes sent ahead of +OK
         self._poll = select.poll()
         self._poll.register(sock.fileno(), select.POLLIN)
 
@@ -123,8 +125,8 @@ def _handshake(native: Engine, config: ClientConfig, profile: ServerProfile | No
 def open_connection(config: ClientConfig, profile: ServerProfile | None = None) -> Connection:
     """Connect (and with TLS, handshake), authenticate, select the database
     and learn the server (unless `profile` says it already), within the
-    timeouts; set the GET depth for that server unless max_inflight_bytes
-    fixes it."""
+    timeouts; set the GET and SET depths for that server unless
+    max_inflight_bytes fixes them."""
     sock = _connect_socket(config)
     limits: dict[str, Any]  # float and int keyword arguments
     limits = dict(timeout_s=config.connect_timeout_s,  # the handshake is part of connecting
@@ -138,8 +140,8 @@ def open_connection(config: ClientConfig, profile: ServerProfile | None = None) 
             native = RespConnection(sock.fileno(), config.endpoint, **limits)
         profile = _handshake(native, config, profile)
         inflight = config.max_inflight_bytes or profile.inflight_bytes()
-        native.set_max_inflight_bytes(
-            inflight, config.max_inflight_bytes or profile.set_inflight_bytes())
+        set_inflight = config.max_inflight_bytes or profile.set_inflight_bytes()
+        native.set_max_inflight_bytes(inflight, set_inflight)
         native.set_timeout(config.op_timeout_s)
     except BaseException as e:
         sock.close()
@@ -151,7 +153,7 @@ def open_connection(config: ClientConfig, profile: ServerProfile | None = None) 
             raise TlsError(f"{config.endpoint}: TLS: the server closed the connection right "
                            f"after the handshake{hint}") from None
         raise
-    return Connection(sock, native, config.endpoint, profile, inflight)
+    return Connection(sock, native, config.endpoint, profile, inflight, set_inflight)
 
 
 def _closed_by_server(e: BaseException) -> bool:
