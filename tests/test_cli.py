@@ -37,6 +37,17 @@ def test_bench_on_embedded_server_compares_clients_over_tcp_and_unix(tmp_path) -
         assert plot.stat().st_size > 10_000
 
 
+def test_bench_starts_a_named_server_as_shipped_with_stock_malloc() -> None:
+    """--server starts that server keeping freed memory unless --stock-malloc
+    (server/allocator.py); the report's server line says which."""
+    for flags, says in (([], "malloc keeps freed memory"), (["--stock-malloc"], "stock malloc")):
+        out = run("bench", "--server", "valkey9", *flags, "--clients", "ours",
+                  "--value-sizes", "64KiB", "--keys", "2", "--exists-keys", "2",
+                  "--rounds", "1", "--json", "-q")
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["server"].startswith(f"valkey9 (io-threads 1, {says}): ")
+
+
 def test_bench_table(server) -> None:
     out = run("bench", "--url", server.url, "--clients", "ours,ceiling", "--value-sizes", "4k",
               "--keys", "4", "--rounds", "1", "--quiet")

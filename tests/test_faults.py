@@ -210,6 +210,38 @@ def test_server_restarted_while_idle_next_batch_reconnects_without_failing(
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("caller_waits", [True, False], ids=["blocking", "submitted"])
+def test_a_batch_racing_close_fails_instead_of_hanging(make_server, make_client,
+                                                       caller_waits: bool) -> None:
+    """close() between a batch's closed-check and the queueing of its tiles
+    (the window the ASan job hit, where everything runs slowly): every tile
+    fails with ClientClosedError; none waits on a worker that has stopped.
+    The window is forced by closing from inside the tile hand-off."""
+    s = make_server()
+    c = make_client(s.url, num_connections=2)
+    keys = ["a", "b"]                     # 2 x 4 MiB: one tile per connection
+    c.batch_set(keys, [np.ones(VALUE, np.uint8)] * 2)
+    dests = [np.zeros(VALUE, np.uint8) for _ in keys]
+    workers = c._workers
+    handoff = workers.submit_tiles
+
+    def close_first(tiles, caller_waits_=False):
+        assert len(tiles) == 2
+        c.close()                          # the workers take their stop markers and end
+        handoff(tiles, caller_waits_)
+
+    workers.submit_tiles = close_first
+    with raises_within(10, ClientClosedError):
+        if caller_waits:
+            c.batch_get_into(keys, dests)
+        else:
+            c.submit_batch_get_into(keys, dests).result(timeout=10)
+    assert not any(d.any() for d in dests)
+
+
+
+
+@pytest.mark.timeout(60)
 def test_close_with_batches_in_flight_from_threads_and_asyncio(make_server,
                                                                make_client) -> None:
     baseline = set(threading.enumerate())

@@ -44,6 +44,10 @@ class Workers:
         # for a cluster replica); a failure fails that connect.
         self.on_connect = [tuple(c) for c in on_connect]
         self.closed = False
+        # Orders submissions against close(): an item queued after a worker
+        # took its stop marker would never run, and its caller would wait
+        # forever (found by the ASan job: batches racing close()).
+        self.closing_lock = threading.Lock()
         self.connect_epoch = 0  # bumped by every successful connect (ends back-offs)
         self.server_profile: ServerProfile | None = None  # learned at the first connect
         self._all = [Worker(self, i) for i in range(config.num_connections)]
@@ -74,17 +78,19 @@ class Workers:
             order.remove(here)
             tiles, mine = tiles[1:], tiles[0]
         for worker, tile in zip(order, tiles, strict=False):  # tiles <= workers
-            worker.submit(tile)
+            if not worker.submit(tile):
+                tile.done(None, ClientClosedError("client is closed"))
         if here is not None:
             here.run_claimed(mine)
 
     def close(self) -> None:
         """Stop every worker: a running batch fails, queued ones fail with
         ClientClosedError."""
-        self.closed = True
+        with self.closing_lock:
+            self.closed = True
         for w in self._all:
             w.abort()
-            w.submit(None)
+            w.stop()
         for w in self._all:
             w.join(10.0)
 
@@ -118,8 +124,19 @@ class Worker:
             target=self._loop, name=f"lmcache-valkey-{index}", daemon=True)
         self._thread.start()
 
-    def submit(self, item: Tile | Callable[[], None] | None) -> None:
-        self._queue.put(item)
+    def submit(self, item: Tile | Callable[[], None]) -> bool:
+        """Queue `item` for this worker's thread; False (nothing queued) once
+        the client is closed."""
+        with self._workers.closing_lock:
+            if self._workers.closed:
+                return False
+            self._queue.put(item)
+            return True
+
+    def stop(self) -> None:
+        """Queue the stop marker: the thread ends after what is queued before
+        it (tiles fail, the client being closed)."""
+        self._queue.put(None)
 
     def claim(self) -> bool:
         """Take the connection for the calling thread, if nothing is running
@@ -248,5 +265,6 @@ class Worker:
             except BaseException as e:
                 fut.set_exception(e)
 
-        self.submit(run)
+        if not self.submit(run):
+            fut.set_exception(ClientClosedError("client is closed"))
         return fut

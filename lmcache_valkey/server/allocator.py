@@ -15,15 +15,17 @@ to the kernel:
   ``dirty_decay_ms``, and at once for allocations of 8 MiB and more.
 
 The next request then faults every page in again and the kernel zeroes it.
-Measured here (tests/test_server_allocator.py counts it; figures from
-``/proc/<pid>/stat`` minor faults, 4 x 32 MiB values): a 32 MiB SET faulted
-8,193 pages (all of them) on Valkey 9.1, Valkey 8.1 and Redis 7.0, and a
-32 MiB GET 1,226 on Valkey 8.1 and 8,190 on Redis 7.0; perf on the server:
-``exc_page_fault`` + ``clear_page_erms`` ~20-25 % of its samples. With the
-settings below: ~1,200 per SET (the query buffer growing as the value
-arrives) and 0 per GET. 32 x 32 MiB SETs went from 1.5 to 3.4 GB/s (Valkey
-9.1 and 8.1), and Valkey 8.1's 4 MiB GETs no longer fall into spells of
-1.4-1.6 GB/s (against ~4) when its heap trimming kicks in.
+Measured here (``/proc/<pid>/stat`` minor faults; tests/test_server_allocator.py
+asserts them): a 32 MiB SET faulted 8,193 pages, all of them, on Valkey 9.1,
+Valkey 8.1 and Redis 7.0 (5,463 on Valkey 8.1 once glibc's mmap threshold has
+risen), and a 32 MiB GET 1,365 on Valkey 8.1 and 8,190 on Redis 7.0; perf on
+the server: ``exc_page_fault`` + ``clear_page_erms`` + ``do_anonymous_page``
+~20 % of its samples. With the settings below: none per SET or GET once the
+heap has grown to fit (now and then it grows once more). 32 x 32 MiB SETs
+went from 1.1-1.6 to 2.9-3.6 GB/s on all three servers, 32 MiB GETs on
+Valkey 8.1 and Redis 7.0 from 1.1-1.7 to 2.8-3.2, and Valkey 8.1's 4 MiB
+GETs no longer fall into spells of 1.4-1.6 GB/s (against ~4) when its heap
+is trimmed.
 
 The settings: ``GLIBC_TUNABLES`` ``mmap_max=0`` (every allocation from the
 heap, none mapped on its own) and ``trim_threshold`` 4 GiB (the heap is not
