@@ -286,8 +286,11 @@ def test_close_with_batches_in_flight_from_threads_and_asyncio(make_server,
                 out.append("closed")
 
     busy = threading.Event()
-    threads = [threading.Thread(target=blocking, args=(f"thread{i}",)) for i in range(4)]
-    threads.append(threading.Thread(target=asyncio.run, args=(awaiting(busy),)))
+    # daemon: a caller left blocked fails this test instead of hanging the
+    # interpreter's exit (and the CI job) on it
+    threads = [threading.Thread(target=blocking, args=(f"thread{i}",), daemon=True)
+               for i in range(4)]
+    threads.append(threading.Thread(target=asyncio.run, args=(awaiting(busy),), daemon=True))
     for t in threads:
         t.start()
     busy.wait(10)
