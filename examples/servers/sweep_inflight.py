@@ -9,12 +9,11 @@ The budgets take turns within every round (interleaved); figures are
 medians. This is how the defaults in lmcache_valkey/protocol/server_profile.py
 were chosen; run it on your own servers before overriding them.
 
-Key length matters more than it should: it shifts where each value starts
-in the byte stream, and the kernel's copies (client -> socket -> server
-buffer) run at different speeds for different offsets on this machine's
-AMD EPYC: 32 x 4 MiB SETs to Valkey 8.1 with 2-byte keys moved 2.1 GB/s one
-at a time and 3.0 two at a time, with 28-byte keys 3.9 and 4.0. Measure
-with keys as long as yours (`--key-length`; LMCache's are ~60-100 bytes).
+Key length matters more than it should (why is not settled; README, "GET
+depth per server"): 32 x 4 MiB SETs to Valkey 8.1 with 2-byte keys moved
+2.1 GB/s one at a time and 3.0 two at a time, with 28-byte keys 3.9 and 4.0.
+Measure with keys as long as yours (`--key-length`; the LMCache adapter's
+are the model name plus ~80 bytes).
 """
 
 from __future__ import annotations
@@ -54,7 +53,7 @@ def main() -> int:
     p.add_argument("--value-sizes", default="64KiB,256KiB,1MiB,4MiB")
     p.add_argument("--budgets", default="256KiB,1MiB,4MiB,16MiB,64MiB")
     p.add_argument("--key-length", type=int, default=32,
-                   help="bytes per key (32); it moves the values' offsets in the stream")
+                   help="bytes per key (32): it changes the SET figures")
     p.add_argument("--moved-per-size", default="256MiB",
                    help="bytes each budget moves per value size (sets the rounds)")
     args = p.parse_args()

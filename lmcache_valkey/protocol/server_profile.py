@@ -25,14 +25,14 @@ one more behind it, so the round trip of its ``+OK`` is hidden and the
 server has the next value to read while it stores one; 1 MiB values go 8
 deep, 64 KiB values 128 deep, a 32 MiB value alone. Against LMCache's
 client (one SET at a time per connection), 32 x 4 MiB, interleaved, median
-of per-round ratios, Valkey 9.1 / 8.1 / Redis 7.0, by key length (which
-moves each value's offset in the byte stream, and the kernel's copies run
-faster at some offsets than others on this AMD EPYC): 2-byte keys 1.51 /
+of per-round ratios, Valkey 9.1 / 8.1 / Redis 7.0, by key length (one at a
+time is slow with some key lengths, for both clients, for reasons not
+settled; README, "GET depth per server"): 2-byte keys 1.51 /
 1.41 / 1.29x with 8 MiB, 1.06 / 0.98 / 0.97x with 4 MiB; 16-byte 1.19 / 1.19
 / 1.16x against 0.98 / 0.99 / 1.04x; 28-byte 1.01 / 0.99 / 1.05x against
 0.99 / 1.04 / 0.96x; 60-byte 1.06 / 0.98 / 1.01x against 0.97 / 0.83 /
-1.02x. So 8 MiB is never worse than one at a time and much better at the
-unlucky offsets. Deeper is not better for smaller values (1 MiB values:
+1.02x. So 8 MiB is never worse than one at a time and much better with the
+unlucky key lengths. Deeper is not better for smaller values (1 MiB values:
 3.71 / 3.55 / 3.34 GB/s with 4 / 8 / 16 MiB on Valkey 9.1,
 ``examples/servers/sweep_inflight.py --op SET``). The bound was 4 MiB until
 2026-12-06, chosen while SETs were sent with non-blocking writes. With
