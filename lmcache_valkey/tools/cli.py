@@ -8,7 +8,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import ValkeyError
@@ -209,11 +209,26 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def _stop_signals_blocked() -> Iterator[None]:
+    """Ctrl-C and SIGTERM blocked for the block: entered before any thread
+    starts, so that every thread leaves them to sigwait; the mask is
+    restored for a caller that goes on (tests call main in-process)."""
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
 def wait_for_stop() -> None:
     """Say how to stop, then block until Ctrl-C or SIGTERM."""
     print("Ctrl-C to stop.", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        signal.sigwait(_STOP_SIGNALS)
 
 
 def config_summary(config: dict[str, str]) -> str:
@@ -263,14 +278,8 @@ def _stats(args: argparse.Namespace) -> int:
     if config.embedded:
         raise ConfigError("no server to ask: give --url or set VALKEY_HOST")
     if args.serve is not None:
-        # Before any thread starts, so that they all leave the signals to
-        # sigwait; restored for a caller that goes on (tests).
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        try:
-            with open_client(config=config) as client:
-                return _serve_metrics(args, client)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        with _stop_signals_blocked(), open_client(config=config) as client:
+            return _serve_metrics(args, client)
     with open_client(config=config) as client:
         if args.format == "prometheus":
             from ..observability import metrics
@@ -297,7 +306,7 @@ def _serve_metrics(args: argparse.Namespace, client: Any) -> int:
     try:
         print(f"serving lmcache_valkey_* metrics of {client.config.redacted_url()} on "
               f"http://{args.addr}:{httpd.server_port}/metrics; Ctrl-C to stop.", flush=True)
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        signal.sigwait(_STOP_SIGNALS)
     finally:
         httpd.shutdown()
         httpd.server_close()
@@ -316,13 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         commands = {"lmcache": _run_lmcache, "stats": _stats, "delete-prefix": _delete_prefix}
         if args.command in commands:
             return commands[args.command](args)
-        # Blocked before the server's threads start, so that they all leave
-        # the signals to sigwait; restored for a caller that goes on (tests).
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        try:
+        with _stop_signals_blocked():
             return _serve(args)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
     except (ValkeyError, RuntimeError, ValueError, ImportError) as e:
         print(f"lmcache-valkey: error: {e}", file=sys.stderr)
         return 1
