@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -28,6 +30,16 @@ def retry(call: Callable[[], T], errors: type[BaseException] | tuple[type[BaseEx
             if time.monotonic() > deadline:
                 raise
             time.sleep(pause_s)
+
+
+def interrupt_main_after(delay_s: float) -> threading.Timer:
+    """SIGINT to the main thread after `delay_s` (Ctrl-C, as the kernel
+    would deliver it to a process running a blocking batch there); cancel
+    the returned timer when done."""
+    timer = threading.Timer(delay_s, signal.pthread_kill,
+                            (threading.main_thread().ident, signal.SIGINT))
+    timer.start()
+    return timer
 
 
 @contextlib.contextmanager

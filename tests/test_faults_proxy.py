@@ -15,12 +15,12 @@ wait for one), so they are generous multiples of the configured timeout.
 from __future__ import annotations
 
 import asyncio
-import signal
 import threading
 import time
 
 import numpy as np
 import pytest
+from checks import interrupt_main_after
 from fault_proxy import DROP, HALF_CLOSE, PASS, STALL, FaultProxy
 from tls_fixtures import TlsRedisServer
 
@@ -245,9 +245,7 @@ def test_ctrl_c_stops_a_blocking_batch_on_a_stalled_link(proxy, make_client, val
     before = proxy.accepted
     dests = [np.zeros(VALUE, np.uint8) for _ in range(N_KEYS)]
     proxy.set_mode(STALL)
-    timer = threading.Timer(0.3, signal.pthread_kill,
-                            (threading.main_thread().ident, signal.SIGINT))
-    timer.start()
+    timer = interrupt_main_after(0.3)
     t0 = time.monotonic()
     try:
         with pytest.raises(KeyboardInterrupt):

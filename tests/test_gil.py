@@ -8,12 +8,12 @@ a real server cannot be told to do); the bytes are real RESP.
 
 from __future__ import annotations
 
-import signal
 import socket
 import threading
 import time
 
 import pytest
+from checks import interrupt_main_after
 from resp_fuzz import TRANSPORTS, engine_on
 
 from lmcache_valkey import ValkeyConnectionError
@@ -59,15 +59,6 @@ def test_other_threads_run_while_a_batch_waits(transport: str) -> None:
     assert during > 10_000
 
 
-def _interrupt_main_after(delay_s: float) -> threading.Timer:
-    """SIGINT to the main thread after delay_s (Ctrl-C, as the kernel would
-    deliver it to a process running a blocking batch there)."""
-    timer = threading.Timer(delay_s, signal.pthread_kill,
-                            (threading.main_thread().ident, signal.SIGINT))
-    timer.start()
-    return timer
-
-
 @pytest.mark.parametrize("stage", ["waiting", "mid-body", "sending"])
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_ctrl_c_stops_a_batch_on_the_main_thread(transport: str, stage: str) -> None:
@@ -94,7 +85,7 @@ def test_ctrl_c_stops_a_batch_on_the_main_thread(transport: str, stage: str) -> 
 
     server = threading.Thread(target=answer_part)
     server.start()
-    timer = _interrupt_main_after(0.3)
+    timer = interrupt_main_after(0.3)
     t0 = time.monotonic()
     try:
         with pytest.raises(KeyboardInterrupt) as ei:
