@@ -31,7 +31,9 @@ def test_our_settings_come_first_and_the_users_win() -> None:
     assert env["PATH"] == "/bin"
 
 
-def test_cli_server_prints_the_environment_it_starts_with(capsys) -> None:
+def test_cli_server_prints_the_environment_it_starts_with(capsys, monkeypatch) -> None:
+    for name in KEEP_FREED_MEMORY:
+        monkeypatch.delenv(name, raising=False)
     assert cli_main(["server", "--print-config"]) == 0
     out = capsys.readouterr().out
     for name, (ours, _sep) in KEEP_FREED_MEMORY.items():
@@ -39,6 +41,11 @@ def test_cli_server_prints_the_environment_it_starts_with(capsys) -> None:
     assert "io-threads 1\n" in out
     assert cli_main(["server", "--print-config", "--stock-malloc"]) == 0
     assert "MALLOC_CONF" not in capsys.readouterr().out
+    # Settings of the user's own are printed too, after ours (they win).
+    monkeypatch.setenv("MALLOC_CONF", "narenas:2")
+    assert cli_main(["server", "--print-config"]) == 0
+    ours = KEEP_FREED_MEMORY["MALLOC_CONF"][0]
+    assert f"# MALLOC_CONF={ours},narenas:2\n" in capsys.readouterr().out
     # The command blocks SIGINT/SIGTERM for its sigwait; a caller that goes
     # on must get Ctrl-C back (it broke test_gil's Ctrl-C tests run later).
     assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])

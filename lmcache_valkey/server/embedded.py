@@ -212,12 +212,13 @@ class EmbeddedValkey:
         return text
 
     def environment_text(self) -> str:
-        """The allocator settings the server is started with, one
-        ``# NAME=value`` line each (comments in a valkey.conf); see
-        :mod:`.allocator`."""
+        """The allocator settings the server is started with (ours, and any
+        already in the environment after them), one ``# NAME=value`` line
+        each (comments in a valkey.conf); see :mod:`.allocator`."""
         if not self.keep_freed_memory:
             return ""
-        return "".join(f"# {name}={ours}\n" for name, (ours, _) in KEEP_FREED_MEMORY.items())
+        env = server_environment(os.environ)
+        return "".join(f"# {name}={env[name]}\n" for name in KEEP_FREED_MEMORY)
 
     def _write_config(self) -> Path:
         text = self.config_text(redact=False)
